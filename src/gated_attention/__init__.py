@@ -1,0 +1,1 @@
+"""Gated attention for large language models."""
