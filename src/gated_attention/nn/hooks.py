@@ -33,5 +33,5 @@ from torch import nn
 class HookPoint(nn.Identity):
     """An identity module that marks a named place in the forward pass for analysis hooks."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102 - identity
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x

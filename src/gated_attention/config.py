@@ -1,0 +1,497 @@
+"""Typed, validated configuration: the gate, the optional MoE block and the whole model.
+
+Every paper variant is a :class:`GateConfig`; one attention module reads it (no subclass per
+variant). Named variants (``GateConfig.from_name``) follow the rows of Tables 1, 3 and 4 of Qiu
+et al., "Gated Attention for Large Language Models" (arXiv 2505.06708). Model presets follow
+Table 7 of the same paper plus small CPU-sized models.
+
+All configs validate themselves in ``__post_init__`` and raise ``ValueError`` with a message that
+names the field, the value given and what is allowed. ``to_dict``/``from_dict`` give a plain,
+JSON-serialisable form; unknown keys are rejected with the closest valid key suggested.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+GATE_POSITIONS = ("none", "sdpa", "value", "key", "query", "dense")
+"""Where the gate acts: G1 ``sdpa`` (SDPA output, per head, before ``o_proj``), G2 ``value``
+(after the value projection), G3 ``key``, G4 ``query``, G5 ``dense`` (after ``o_proj``)."""
+
+GATE_GRANULARITIES = ("elementwise", "headwise")
+GATE_MODES = ("multiplicative", "additive")
+GATE_ACTIVATIONS = ("sigmoid", "silu", "ns_sigmoid", "identity")
+GATE_TRANSFORMS = ("gate", "rmsnorm", "silu")
+"""``gate``: a (possibly input-dependent) gate score combined with the tensor. ``rmsnorm`` and
+``silu`` are the paper's parameter-free / normalisation controls of Table 3, applied to the SDPA
+output instead of a gate."""
+
+QK_NORMS = ("none", "rms", "zero_centered")
+NORM_TYPES = ("rms", "zero_centered")
+
+
+def _suggest(name: str, valid: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(name, list(valid), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def _check_choice(cls_name: str, field_name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(
+            f"{cls_name}.{field_name}={value!r} is not valid; allowed: {', '.join(allowed)}."
+            + (_suggest(str(value), allowed) if isinstance(value, str) else "")
+        )
+
+
+def _check_keys(cls: type, data: dict[str, Any]) -> None:
+    valid = [f.name for f in fields(cls)]
+    for key in data:
+        if key not in valid:
+            raise ValueError(
+                f"{cls.__name__} has no field {key!r}.{_suggest(key, valid)} "
+                f"Valid fields: {', '.join(valid)}."
+            )
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """How (and whether) attention is gated: ``Y' = combine(Y, act(X W_g))`` (paper Eq. 5).
+
+    ``X`` is always the normed block input, the same tensor that feeds q/k/v.
+    """
+
+    position: str = "none"
+    """``none`` | ``sdpa`` (G1) | ``value`` (G2) | ``key`` (G3) | ``query`` (G4) | ``dense`` (G5)."""
+    granularity: str = "elementwise"
+    """``elementwise``: one score per element of the gated tensor; ``headwise``: one per head."""
+    head_shared: bool = False
+    """Compute the per-head score, then average it over the head axis (paper's head-shared runs,
+    (n, q, d_k) -> (n, d_k)); parameter count equals the head-specific gate."""
+    mode: str = "multiplicative"
+    """``multiplicative``: ``Y * act(s)``; ``additive``: ``Y + act(s)``."""
+    activation: str = "sigmoid"
+    """``sigmoid`` | ``silu`` | ``ns_sigmoid`` (``0.5 + 0.5 * sigmoid``) | ``identity``."""
+    input_dependent: bool = True
+    """``False``: the score is a learned (heads, head_dim) parameter, zero-initialised
+    (sigmoid 0.5 at start), the same for every token (paper Table 4 control)."""
+    transform: str = "gate"
+    """``gate`` (a score as above) or a parameter-free control on the SDPA output:
+    ``rmsnorm`` (per-head RMSNorm, with a learned weight) or ``silu`` (``SiLU(Y)``)."""
+    fp32: bool = True
+    """Compute the activation in float32 (Megatron) rather than the model dtype (paper code)."""
+
+    # registry of the paper's named variants; filled below the class
+    _NAMED: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        _check_choice(name, "position", self.position, GATE_POSITIONS)
+        _check_choice(name, "granularity", self.granularity, GATE_GRANULARITIES)
+        _check_choice(name, "mode", self.mode, GATE_MODES)
+        _check_choice(name, "activation", self.activation, GATE_ACTIVATIONS)
+        _check_choice(name, "transform", self.transform, GATE_TRANSFORMS)
+        if self.position == "none":
+            return
+        if self.transform != "gate" and self.position != "sdpa":
+            raise ValueError(
+                f"GateConfig.transform={self.transform!r} is a control applied to the SDPA output; "
+                f"it needs position='sdpa', got position={self.position!r}."
+            )
+        if self.position == "dense":
+            if self.granularity == "headwise":
+                raise ValueError(
+                    "GateConfig.granularity='headwise' makes no sense at position='dense' (G5): "
+                    "the o_proj output has no heads. Use granularity='elementwise'."
+                )
+            if self.head_shared:
+                raise ValueError(
+                    "GateConfig.head_shared=True makes no sense at position='dense' (G5): the "
+                    "o_proj output has no heads. Use head_shared=False."
+                )
+        if self.head_shared and not self.input_dependent:
+            raise ValueError(
+                "GateConfig.head_shared=True needs input_dependent=True: an input-independent "
+                "gate is a single parameter and sharing it is the same as a smaller parameter."
+            )
+
+    @property
+    def enabled(self) -> bool:
+        """True when the attention layer has a gate or output control."""
+        return self.position != "none"
+
+    @property
+    def has_projection(self) -> bool:
+        """True when the gate score is computed as ``X W_g`` (fused into ``qkv_proj``)."""
+        return self.enabled and self.transform == "gate" and self.input_dependent
+
+    @classmethod
+    def names(cls) -> list[str]:
+        """The paper's named variants, usable in ``from_name`` and ``ModelConfig(gate=...)``."""
+        return list(cls._NAMED)
+
+    @classmethod
+    def from_name(cls, name: str) -> GateConfig:
+        """The config of a named variant (``GateConfig.names()`` lists them)."""
+        if name not in cls._NAMED:
+            raise ValueError(
+                f"Unknown gate variant {name!r}.{_suggest(name, cls.names())} "
+                f"Valid names: {', '.join(cls.names())}."
+            )
+        return cls(**cls._NAMED[name])
+
+    @property
+    def name(self) -> str | None:
+        """The registry name of this config, or ``None`` for a custom combination."""
+        for key, kwargs in self._NAMED.items():
+            if GateConfig(**kwargs) == self:
+                return key
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GateConfig:
+        _check_keys(cls, data)
+        return cls(**data)
+
+    @classmethod
+    def coerce(cls, value: GateConfig | str | dict[str, Any] | None) -> GateConfig:
+        """Accept a config, a variant name, a dict or ``None`` (no gate)."""
+        if value is None:
+            return cls()
+        if isinstance(value, GateConfig):
+            return value
+        if isinstance(value, str):
+            return cls.from_name(value)
+        if isinstance(value, dict):
+            return cls.from_dict(value)
+        raise ValueError(
+            f"gate must be a GateConfig, a variant name or a dict, got {type(value).__name__}."
+        )
+
+
+# One entry per row of the paper's Tables 1, 3 and 4 (and the non-gate controls of Table 3).
+GateConfig._NAMED.update(
+    {
+        "none": {},
+        # Table 1 rows 5-15
+        "sdpa-elementwise": {"position": "sdpa"},
+        "value-elementwise": {"position": "value"},
+        "key-elementwise": {"position": "key"},
+        "query-elementwise": {"position": "query"},
+        "dense-elementwise": {"position": "dense"},
+        "sdpa-headwise": {"position": "sdpa", "granularity": "headwise"},
+        "value-headwise": {"position": "value", "granularity": "headwise"},
+        "sdpa-head-shared": {"position": "sdpa", "head_shared": True},
+        "value-head-shared": {"position": "value", "head_shared": True},
+        "sdpa-additive-silu": {"position": "sdpa", "mode": "additive", "activation": "silu"},
+        "sdpa-elementwise-silu": {"position": "sdpa", "activation": "silu"},
+        # Table 4 controls
+        "sdpa-input-independent": {"position": "sdpa", "input_dependent": False},
+        "sdpa-ns-sigmoid": {"position": "sdpa", "activation": "ns_sigmoid"},
+        # Table 3 non-gate controls
+        "sdpa-rmsnorm": {"position": "sdpa", "transform": "rmsnorm"},
+        "sdpa-silu": {"position": "sdpa", "transform": "silu"},
+        "sdpa-additive-identity": {
+            "position": "sdpa",
+            "mode": "additive",
+            "activation": "identity",
+        },
+    }
+)
+
+
+@dataclass(frozen=True)
+class MoEConfig:
+    """A fine-grained mixture-of-experts FFN (softmax top-k routing, Qwen3-MoE style)."""
+
+    num_experts: int = 8
+    top_k: int = 2
+    expert_intermediate_size: int = 64
+    shared_expert_intermediate_size: int = 0
+    """Width of an always-on shared expert; 0 disables it."""
+    norm_topk_prob: bool = True
+    """Renormalise the top-k routing weights to sum to one."""
+    load_balancing_coef: float = 0.01
+    """Weight of the Switch-style load-balancing loss ``E * sum_i f_i P_i``."""
+    z_loss_coef: float = 0.001
+    """Weight of the router z-loss ``mean(logsumexp(logits)^2)`` (ST-MoE)."""
+
+    def __post_init__(self) -> None:
+        if self.num_experts < 1:
+            raise ValueError(f"MoEConfig.num_experts must be >= 1, got {self.num_experts}.")
+        if not 1 <= self.top_k <= self.num_experts:
+            raise ValueError(
+                f"MoEConfig.top_k must be between 1 and num_experts={self.num_experts}, "
+                f"got {self.top_k}."
+            )
+        if self.expert_intermediate_size < 1:
+            raise ValueError(
+                "MoEConfig.expert_intermediate_size must be >= 1, "
+                f"got {self.expert_intermediate_size}."
+            )
+        if self.shared_expert_intermediate_size < 0:
+            raise ValueError(
+                "MoEConfig.shared_expert_intermediate_size must be >= 0 (0 = no shared expert), "
+                f"got {self.shared_expert_intermediate_size}."
+            )
+        for name in ("load_balancing_coef", "z_loss_coef"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"MoEConfig.{name} must be >= 0, got {getattr(self, name)}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MoEConfig:
+        _check_keys(cls, data)
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A Qwen3-style decoder-only LM with gated attention. Names follow Hugging Face."""
+
+    vocab_size: int = 8192
+    hidden_size: int = 256
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    head_dim: int = 64
+    intermediate_size: int = 768
+    """SwiGLU FFN width (ignored by MoE layers)."""
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    partial_rotary_factor: float = 1.0
+    """Share of ``head_dim`` that is rotated (Qwen3-Next uses 0.25)."""
+    rope_scaling: dict[str, Any] | None = None
+    """Optional RoPE scaling (``{"rope_type": "linear" | "ntk" | "dynamic" | "yarn", ...}``)."""
+    max_position_embeddings: int = 4096
+    qk_norm: str = "rms"
+    """``none`` | ``rms`` (Qwen3) | ``zero_centered`` (``x_hat * (1 + w)``, Qwen3-Next)."""
+    norm_type: str = "rms"
+    """Block norms: ``rms`` (``x_hat * w``) or ``zero_centered`` (``x_hat * (1 + w)``)."""
+    attention_bias: bool = False
+    """Bias on the fused q/k/v/gate projection (Qwen2's ``qkv_bias``)."""
+    attention_out_bias: bool = False
+    """Bias on ``o_proj``."""
+    tie_word_embeddings: bool = True
+    initializer_range: float = 0.02
+    gate: GateConfig = field(default_factory=GateConfig)
+    """A :class:`GateConfig`, a variant name (``"sdpa-elementwise"``) or a dict."""
+    moe: MoEConfig | None = None
+    """``None`` for a dense SwiGLU FFN in every layer."""
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def __post_init__(self) -> None:
+        # Accept names/dicts for the nested configs (frozen dataclass: set via object.__setattr__).
+        object.__setattr__(self, "gate", GateConfig.coerce(self.gate))
+        if isinstance(self.moe, dict):
+            object.__setattr__(self, "moe", MoEConfig.from_dict(self.moe))
+        if self.rope_scaling is not None and not isinstance(self.rope_scaling, dict):
+            raise ValueError(
+                f"ModelConfig.rope_scaling must be a dict or None, got {self.rope_scaling!r}."
+            )
+        positive = (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "head_dim",
+            "intermediate_size",
+            "max_position_embeddings",
+        )
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}.")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"ModelConfig.num_attention_heads={self.num_attention_heads} must be divisible by "
+                f"num_key_value_heads={self.num_key_value_heads} (grouped-query attention)."
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"ModelConfig.head_dim must be even for RoPE, got {self.head_dim}.")
+        if not 0.0 < self.partial_rotary_factor <= 1.0:
+            raise ValueError(
+                "ModelConfig.partial_rotary_factor must be in (0, 1], "
+                f"got {self.partial_rotary_factor}."
+            )
+        if self.rotary_dim % 2:
+            raise ValueError(
+                f"ModelConfig.partial_rotary_factor={self.partial_rotary_factor} gives an odd "
+                f"rotary dimension {self.rotary_dim} of head_dim={self.head_dim}; it must be even."
+            )
+        if self.rms_norm_eps <= 0:
+            raise ValueError(f"ModelConfig.rms_norm_eps must be > 0, got {self.rms_norm_eps}.")
+        if self.rope_theta <= 0:
+            raise ValueError(f"ModelConfig.rope_theta must be > 0, got {self.rope_theta}.")
+        if self.initializer_range <= 0:
+            raise ValueError(
+                f"ModelConfig.initializer_range must be > 0, got {self.initializer_range}."
+            )
+        _check_choice("ModelConfig", "qk_norm", self.qk_norm, QK_NORMS)
+        _check_choice("ModelConfig", "norm_type", self.norm_type, NORM_TYPES)
+
+    # ----------------------------------------------------------------- derived sizes
+    @property
+    def num_key_value_groups(self) -> int:
+        """Query heads per KV head (``g`` in PAPER.md section 5)."""
+        return self.num_attention_heads // self.num_key_value_heads
+
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.head_dim * self.partial_rotary_factor)
+
+    @property
+    def q_size(self) -> int:
+        return self.num_attention_heads * self.head_dim
+
+    @property
+    def kv_size(self) -> int:
+        return self.num_key_value_heads * self.head_dim
+
+    @property
+    def gate_size(self) -> int:
+        """Width of the gate slice of ``qkv_proj`` (0 when the gate has no projection)."""
+        gate = self.gate
+        if not gate.has_projection:
+            return 0
+        if gate.position == "dense":
+            return self.hidden_size
+        heads = (
+            self.num_key_value_heads
+            if gate.position in ("value", "key")
+            else self.num_attention_heads
+        )
+        per_head = 1 if gate.granularity == "headwise" else self.head_dim
+        return heads * per_head
+
+    # ----------------------------------------------------------------- (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["gate"] = self.gate.to_dict()
+        data["moe"] = self.moe.to_dict() if self.moe is not None else None
+        data["rope_scaling"] = dict(self.rope_scaling) if self.rope_scaling else None
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        _check_keys(cls, data)
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelConfig:
+        return cls.from_dict(json.loads(text))
+
+    def replace(self, **overrides: Any) -> ModelConfig:
+        """A copy with some fields changed (validated like a new config)."""
+        _check_keys(type(self), overrides)
+        return dataclasses.replace(self, **overrides)
+
+    # ----------------------------------------------------------------- presets
+    @classmethod
+    def preset_names(cls) -> list[str]:
+        return list(cls.PRESETS)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> ModelConfig:
+        """A named preset (``ModelConfig.preset_names()``) with optional field overrides."""
+        if name not in cls.PRESETS:
+            raise ValueError(
+                f"Unknown model preset {name!r}.{_suggest(name, cls.preset_names())} "
+                f"Valid presets: {', '.join(cls.preset_names())}."
+            )
+        data = dict(cls.PRESETS[name])
+        _check_keys(cls, overrides)
+        data.update(overrides)
+        return cls(**data)
+
+
+ModelConfig.PRESETS.update(
+    {
+        # Paper Table 7. Tied embeddings and QK-norm as printed; vocab of Qwen3 (151,936).
+        "paper-1.7b-28l": {
+            "vocab_size": 151936,
+            "hidden_size": 2048,
+            "num_hidden_layers": 28,
+            "num_attention_heads": 16,
+            "num_key_value_heads": 8,
+            "head_dim": 128,
+            "intermediate_size": 6144,
+            "tie_word_embeddings": True,
+            "max_position_embeddings": 4096,
+        },
+        "paper-1.7b-48l": {
+            "vocab_size": 151936,
+            "hidden_size": 1536,
+            "num_hidden_layers": 48,
+            "num_attention_heads": 16,
+            "num_key_value_heads": 8,
+            "head_dim": 128,
+            "intermediate_size": 4608,
+            "tie_word_embeddings": True,
+            "max_position_embeddings": 4096,
+        },
+        "paper-15a2b-moe": {
+            "vocab_size": 151936,
+            "hidden_size": 2048,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 4,
+            "head_dim": 128,
+            "intermediate_size": 768,
+            "tie_word_embeddings": False,
+            "max_position_embeddings": 4096,
+            "moe": {"num_experts": 128, "top_k": 8, "expert_intermediate_size": 768},
+        },
+        # For tests: builds and runs in milliseconds.
+        "tiny": {
+            "vocab_size": 128,
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 8,
+            "intermediate_size": 64,
+            "max_position_embeddings": 256,
+        },
+        # CPU experiments: ~1-2M non-embedding parameters.
+        "small": {
+            "vocab_size": 8192,
+            "hidden_size": 128,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 32,
+            "intermediate_size": 384,
+            "max_position_embeddings": 2048,
+        },
+        # A small fine-grained MoE for CPU studies.
+        "small-moe": {
+            "vocab_size": 8192,
+            "hidden_size": 128,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 32,
+            "intermediate_size": 384,
+            "max_position_embeddings": 2048,
+            "moe": {
+                "num_experts": 8,
+                "top_k": 2,
+                "expert_intermediate_size": 96,
+            },
+        },
+    }
+)

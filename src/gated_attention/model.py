@@ -1,0 +1,273 @@
+"""The causal LM: token embeddings -> decoder blocks -> final norm -> LM head; and ``generate``.
+
+Reads top to bottom: rotary tables, output type, the model, the loss, generation, parameter
+counts. The model is single-device code; training, parallelism and analysis live elsewhere and
+reach in only through the fixed attributes ``embed_tokens``, ``layers``, ``norm``, ``lm_head``
+and the named hook points (``gated_attention.nn.hooks``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gated_attention.config import ModelConfig
+from gated_attention.nn.attention import GatedAttention
+from gated_attention.nn.block import DecoderBlock
+from gated_attention.nn.cache import KVCache
+from gated_attention.nn.norm import RMSNorm
+from gated_attention.ops.attention import causal_mask
+from gated_attention.ops.rope import rope_cos_sin, rope_parameters
+
+
+class RotaryEmbedding(nn.Module):
+    """Evaluates RoPE cos/sin tables at given positions (with the config's scaling)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        inv_freq, factor = rope_parameters(
+            cfg.rotary_dim, cfg.rope_theta, cfg.rope_scaling, None, cfg.max_position_embeddings
+        )
+        self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
+        self.attention_factor = factor
+        scaling = cfg.rope_scaling or {}
+        self.dynamic = scaling.get("rope_type", scaling.get("type")) == "dynamic"
+
+    def forward(
+        self, positions: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin ``(B, T, rotary_dim)`` for integer ``positions`` ``(B, T)``."""
+        inv_freq = self.inv_freq
+        if self.dynamic:
+            # Dynamic NTK grows the base with the longest position seen so far in this call.
+            cfg = self.cfg
+            inv_freq, _ = rope_parameters(
+                cfg.rotary_dim,
+                cfg.rope_theta,
+                cfg.rope_scaling,
+                int(positions.max()) + 1,
+                cfg.max_position_embeddings,
+            )
+        return rope_cos_sin(positions, inv_freq.float(), self.attention_factor, dtype)
+
+
+@dataclass
+class CausalLMOutput:
+    """Output of :class:`GatedLM`.
+
+    ``logits`` ``(B, T, vocab)`` (or the last ``logits_to_keep`` positions); ``loss`` the mean
+    next-token cross entropy plus ``aux_loss`` when labels were given; ``aux_loss`` the summed MoE
+    load-balancing and z-losses (``None`` for dense models); ``past_key_values`` the cache.
+    """
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None
+    past_key_values: Any | None = None
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Mean cross entropy of ``logits`` ``(B, T, V)`` against aligned ``targets`` ``(B, T)``."""
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(),
+        targets.reshape(-1),
+        ignore_index=ignore_index,
+    )
+
+
+class GatedLM(nn.Module):
+    """A Qwen3-style causal LM whose attention is gated as ``cfg.gate`` says.
+
+    Builds on any device, including ``torch.device("meta")`` (pass ``device=``) so the largest
+    presets can be counted without memory.
+    """
+
+    def __init__(self, cfg: ModelConfig, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        if not isinstance(cfg, ModelConfig):
+            raise ValueError(f"GatedLM needs a ModelConfig, got {type(cfg).__name__}")
+        self.cfg = cfg
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+            self.layers = nn.ModuleList(
+                DecoderBlock(cfg, i) for i in range(cfg.num_hidden_layers)
+            )
+            self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_type == "zero_centered")
+            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+            self.rotary = RotaryEmbedding(cfg)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        if not self.embed_tokens.weight.is_meta:
+            self.apply(self.init_weights)
+
+    # ------------------------------------------------------------------ init
+    def init_weights(self, module: nn.Module) -> None:
+        """Initialise one module as Qwen3 does: normal(0, initializer_range) for linear and
+        embedding weights (the gate slice of ``qkv_proj`` too, as the paper's released code
+        initialises it like ``q_proj``), zero biases, norms at identity, input-independent gate
+        logits at zero."""
+        std = self.cfg.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, RMSNorm):
+            module.reset_parameters()
+        elif isinstance(module, GatedAttention) and module.gate_logits is not None:
+            nn.init.zeros_(module.gate_logits)
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        past_key_values: Any | None = None,
+        use_cache: bool = False,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
+    ) -> CausalLMOutput:
+        """Next-token logits for ``input_ids`` ``(B, T)``.
+
+        Args:
+            labels: ``(B, T)`` token ids in Hugging Face convention (shifted inside: position
+                ``t`` predicts ``labels[t + 1]``; ``-100`` is ignored).
+            past_key_values: a cache from a previous call (or a fresh ``KVCache``).
+            use_cache: create a ``KVCache`` when none is given and return it.
+            attention_mask: ``(B, S)`` 1 for real tokens, 0 for padding, over cached + new
+                tokens (Hugging Face convention).
+            position_ids: ``(B, T)``; default: continue from the cache (or from the padding-aware
+                count of real tokens when ``attention_mask`` is given).
+            logits_to_keep: if > 0, only compute logits for the last that many positions.
+        """
+        B, T = input_ids.shape
+        cache = past_key_values
+        if cache is None and use_cache:
+            cache = KVCache()
+        past = cache.get_seq_length(0) if cache is not None else 0
+        if position_ids is None:
+            if attention_mask is not None:
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
+            else:
+                start = cache.get_position(0) if isinstance(cache, KVCache) else past
+                position_ids = torch.arange(start, start + T, device=input_ids.device)[None]
+                position_ids = position_ids.expand(B, T)
+        mask = causal_mask(T, past + T, attention_mask, device=input_ids.device)
+        h = self.embed_tokens(input_ids)
+        cos, sin = self.rotary(position_ids, h.dtype)
+        aux_total = None
+        for layer in self.layers:
+            h, aux = layer(h, cos, sin, mask, cache)
+            if aux is not None:
+                aux_total = aux if aux_total is None else aux_total + aux
+        h = self.norm(h)
+        if logits_to_keep:
+            h = h[:, -logits_to_keep:]
+        logits = self.lm_head(h)
+        loss = None
+        if labels is not None:
+            loss = lm_loss(logits[:, :-1], labels[:, 1:])
+            if aux_total is not None:
+                loss = loss + aux_total
+        keep_cache = use_cache or past_key_values is not None
+        return CausalLMOutput(logits, loss, aux_total, cache if keep_cache else None)
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        eos_token_id: int | None = None,
+        generator: torch.Generator | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Continue ``input_ids`` ``(B, T)`` by up to ``max_new_tokens``; returns ``(B, T + n)``.
+
+        Uses a KV cache: the prompt runs once, then one token per step. Sequences that emit
+        ``eos_token_id`` are padded with it until all have finished (then generation stops).
+        """
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if do_sample and temperature <= 0:
+            raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
+        cache = KVCache() if cache is None else cache
+        out = input_ids
+        finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        step_input = input_ids
+        for _ in range(max_new_tokens):
+            logits = self(step_input, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            next_logits = logits.logits[:, -1].float()
+            if do_sample:
+                next_logits = next_logits / temperature
+                if top_k is not None:
+                    kth = next_logits.topk(min(top_k, next_logits.shape[-1]))[0][:, -1:]
+                    next_logits = next_logits.masked_fill(next_logits < kth, float("-inf"))
+                probs = torch.softmax(next_logits, dim=-1)
+                token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            else:
+                token = next_logits.argmax(dim=-1)
+            if eos_token_id is not None:
+                token = torch.where(finished, torch.full_like(token, eos_token_id), token)
+                finished |= token == eos_token_id
+            out = torch.cat((out, token[:, None]), dim=1)
+            step_input = token[:, None]
+            if eos_token_id is not None and bool(finished.all()):
+                break
+        return out
+
+
+# ---------------------------------------------------------------------- parameter counts
+@dataclass
+class ParameterCount:
+    """Parameter counts of a model; ``gate`` counts every parameter the gate (or output
+    control) adds, including the gate rows of the fused ``qkv_proj``."""
+
+    total: int
+    embedding: int
+    non_embedding: int
+    gate: int
+
+    @property
+    def gate_share(self) -> float:
+        return self.gate / self.total if self.total else 0.0
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "total": self.total,
+            "embedding": self.embedding,
+            "non_embedding": self.non_embedding,
+            "gate": self.gate,
+            "gate_share": self.gate_share,
+        }
+
+
+def count_parameters(model: GatedLM) -> ParameterCount:
+    """Count a model's parameters (works on the meta device; tied weights counted once)."""
+    cfg = model.cfg
+    seen: set[int] = set()
+    total = embedding = gate = 0
+    for name, p in model.named_parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        n = p.numel()
+        total += n
+        if name.startswith(("embed_tokens", "lm_head")):
+            embedding += n
+        if name.endswith(("gate_logits", "out_norm.weight")):
+            gate += n
+    per_layer = cfg.gate_size * (cfg.hidden_size + int(cfg.attention_bias))
+    gate += per_layer * cfg.num_hidden_layers
+    return ParameterCount(total, embedding, total - embedding, gate)

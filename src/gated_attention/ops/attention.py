@@ -1,0 +1,196 @@
+"""Scaled dot-product attention with grouped-query heads, behind a small backend registry.
+
+All functions take ``(batch, seq, heads, head_dim)`` tensors: queries ``(B, T, H, D)``, keys and
+values ``(B, S, K, D)`` with ``H`` a multiple of ``K`` (query head ``h`` reads KV head
+``h // (H // K)``). Backends:
+
+- ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` (fused kernels, the fast path);
+- ``eager``: explicit matmul + normaliser, which can also return the probabilities and accepts
+  other normalisers than softmax (registered in ``NORMALIZERS``).
+
+The gate is not applied here: it runs on the output, whichever backend produced it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from gated_attention.ops.gating import upcast
+
+Normalizer = Callable[[torch.Tensor], torch.Tensor]
+"""Maps masked attention logits ``(..., T, S)`` (masked entries ``-inf``) to weights."""
+
+
+def _softmax(scores: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(upcast(scores), dim=-1).to(scores.dtype)
+
+
+NORMALIZERS: dict[str, Normalizer] = {"softmax": _softmax}
+
+
+def causal_mask(
+    query_len: int,
+    key_len: int,
+    padding_mask: torch.Tensor | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor | None:
+    """A boolean mask ``(batch | 1, 1, T, S)`` (True = may attend), or ``None`` when plain
+    causal attention with ``is_causal`` suffices.
+
+    The causal part is bottom-right aligned: query ``t`` sits at absolute position
+    ``S - T + t`` (a cache of ``S - T`` earlier tokens). ``padding_mask`` ``(batch, S)`` marks real
+    tokens with 1/True. Rows left with no allowed key (a padded query) attend to every key so the
+    output stays finite; such rows are padding and never used.
+    """
+    if padding_mask is None and query_len == key_len:
+        return None
+    if padding_mask is None and query_len == 1:
+        return None  # a single new query may attend to every cached key
+    if device is None and padding_mask is not None:
+        device = padding_mask.device
+    offset = key_len - query_len
+    rows = torch.arange(query_len, device=device)[:, None] + offset
+    cols = torch.arange(key_len, device=device)[None, :]
+    mask = (cols <= rows)[None, None]
+    if padding_mask is not None:
+        if padding_mask.shape[-1] != key_len:
+            raise ValueError(
+                f"attention_mask covers {padding_mask.shape[-1]} positions but keys have "
+                f"{key_len} (cached + new tokens); pass a mask over all of them"
+            )
+        mask = mask & padding_mask.bool()[:, None, None, :]
+        empty = ~mask.any(dim=-1, keepdim=True)
+        mask = mask | empty
+    return mask
+
+
+def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError("attention expects (batch, seq, heads, head_dim) tensors")
+    if k.shape != v.shape:
+        raise ValueError(f"keys {tuple(k.shape)} and values {tuple(v.shape)} differ in shape")
+    if q.shape[2] % k.shape[2]:
+        raise ValueError(f"{q.shape[2]} query heads are not a multiple of {k.shape[2]} KV heads")
+
+
+def _sdpa(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    causal: bool,
+    scale: float,
+) -> torch.Tensor:
+    is_causal = causal and mask is None and q.shape[1] == k.shape[1] and q.shape[1] > 1
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2),
+        k.transpose(1, 2),
+        v.transpose(1, 2),
+        attn_mask=mask,
+        is_causal=is_causal,
+        scale=scale,
+        enable_gqa=q.shape[2] != k.shape[2],
+    )
+    return out.transpose(1, 2)
+
+
+def attention_probabilities(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    causal: bool = True,
+    scale: float | None = None,
+    normalizer: str = "softmax",
+) -> torch.Tensor:
+    """Attention weights ``(B, H, T, S)`` for queries ``(B, T, H, D)`` and keys ``(B, S, K, D)``.
+
+    Uses the same masking rules as :func:`attention` (bottom-right aligned causal mask).
+    """
+    B, T, H, D = q.shape
+    S, K = k.shape[1], k.shape[2]
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    # Group query heads by KV head without copying K: (B, K, g, T, D) @ (B, K, 1, D, S).
+    qg = q.transpose(1, 2).reshape(B, K, H // K, T, D)
+    kg = k.transpose(1, 2).unsqueeze(2)
+    scores = (qg @ kg.transpose(-1, -2)).reshape(B, H, T, S) * scale
+    if mask is None and causal and T > 1:
+        mask = causal_mask(T, S, device=q.device)
+        if mask is None:  # T == S
+            mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()[None, None]
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    if normalizer not in NORMALIZERS:
+        raise ValueError(f"unknown normalizer {normalizer!r}; registered: {', '.join(NORMALIZERS)}")
+    return NORMALIZERS[normalizer](scores)
+
+
+def _eager(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    causal: bool,
+    scale: float,
+) -> torch.Tensor:
+    B, T, H, D = q.shape
+    K = k.shape[2]
+    probs = attention_probabilities(q, k, mask, causal, scale)
+    vg = v.transpose(1, 2).unsqueeze(2)  # (B, K, 1, S, D)
+    out = probs.reshape(B, K, H // K, T, -1) @ vg  # (B, K, g, T, D)
+    return out.reshape(B, H, T, D).transpose(1, 2)
+
+
+Backend = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None", bool, float], torch.Tensor
+]
+_BACKENDS: dict[str, Backend] = {"sdpa": _sdpa, "eager": _eager}
+
+
+def register_attention_backend(name: str, fn: Backend) -> None:
+    """Add a backend ``fn(q, k, v, mask, causal, scale) -> out`` (all ``(B, T, H, D)``)."""
+    _BACKENDS[name] = fn
+
+
+def attention_backends() -> list[str]:
+    return ["auto", *_BACKENDS]
+
+
+def select_backend(q: torch.Tensor) -> str:
+    """The backend ``auto`` resolves to for these inputs."""
+    return "sdpa"
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    causal: bool = True,
+    scale: float | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Multi-head (grouped-query) attention; returns ``(B, T, H, D)``.
+
+    Args:
+        q: queries ``(B, T, H, D)``; k, v: ``(B, S, K, D)``, ``H % K == 0``.
+        mask: boolean ``(B | 1, 1, T, S)``, True = may attend (see :func:`causal_mask`); when
+            given it must already contain the causal structure.
+        causal: without a mask, apply a bottom-right aligned causal mask.
+        scale: logit scale, default ``1 / sqrt(D)``.
+        backend: ``auto`` or a registered name (``attention_backends()``).
+    """
+    _check_shapes(q, k, v)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    if mask is None and causal and q.shape[1] != k.shape[1] and q.shape[1] > 1:
+        mask = causal_mask(q.shape[1], k.shape[1], device=q.device)
+    if backend == "auto":
+        backend = select_backend(q)
+    if backend not in _BACKENDS:
+        raise ValueError(
+            f"unknown attention backend {backend!r}; available: {', '.join(attention_backends())}"
+        )
+    return _BACKENDS[backend](q, k, v, mask, causal, scale)

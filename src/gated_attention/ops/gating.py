@@ -1,0 +1,85 @@
+"""Gate application: the one function every gate position runs (paper Eq. 5).
+
+``Y' = Y * act(s)`` (multiplicative) or ``Y + act(s)`` (additive), where ``s = X W_g`` is the gate
+logit computed from the normed block input, or a learned input-independent parameter. Shapes are
+``(..., heads, head_dim)`` for per-head positions (G1-G4) and ``(..., hidden)`` for G5; a headwise
+logit has a trailing axis of size 1 and broadcasts over ``head_dim``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from gated_attention.config import GateConfig
+
+
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in at least float32 (float64 stays float64, for the references and tests)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def gate_activation(logits: torch.Tensor, activation: str, fp32: bool = True) -> torch.Tensor:
+    """Gate scores from logits, returned in the logits' dtype.
+
+    ``ns_sigmoid`` is the paper's non-sparse control ``0.5 + 0.5 * sigmoid(x)`` (range [0.5, 1]).
+    With ``fp32`` the activation runs in float32 (as Megatron does) and is cast back.
+    """
+    x = upcast(logits) if fp32 else logits
+    if activation == "sigmoid":
+        y = torch.sigmoid(x)
+    elif activation == "silu":
+        y = F.silu(x)
+    elif activation == "ns_sigmoid":
+        y = 0.5 + 0.5 * torch.sigmoid(x)
+    elif activation == "identity":
+        y = x
+    else:
+        raise ValueError(
+            f"unknown gate activation {activation!r}; allowed: sigmoid, silu, ns_sigmoid, identity"
+        )
+    return y.to(logits.dtype)
+
+
+def apply_gate(
+    y: torch.Tensor, logits: torch.Tensor, gate: GateConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gate ``y`` with ``act(logits)`` as ``gate`` says; returns ``(gated, scores)``.
+
+    Args:
+        y: the gated tensor, ``(batch, seq, heads, head_dim)`` or ``(batch, seq, hidden)``.
+        logits: broadcastable to ``y``: ``(batch, seq, heads, head_dim | 1)`` or
+            ``(batch, seq, hidden)``; an input-independent gate passes ``(heads, head_dim | 1)``.
+        gate: the gate's config (mode, activation, head sharing, fp32).
+
+    Head-shared gates average the per-head *scores* over the head axis (paper section 4.1:
+    (n, q, d_k) -> (n, d_k)), so every head sees the same gate.
+    """
+    scores = gate_activation(logits, gate.activation, gate.fp32)
+    if gate.head_shared:
+        scores = scores.mean(dim=-2, keepdim=True)
+    if gate.mode == "multiplicative":
+        return y * scores, scores
+    return y + scores, scores
+
+
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor | None, eps: float, zero_centered: bool = False
+) -> torch.Tensor:
+    """RMS normalisation over the last axis, computed in float32.
+
+    ``zero_centered`` scales by ``(1 + weight)`` (Qwen3-Next) instead of ``weight`` (Qwen3).
+    """
+    dtype = x.dtype
+    x32 = upcast(x)
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    if weight is None:
+        return x32.to(dtype)
+    if zero_centered:
+        return (x32 * (1.0 + upcast(weight))).to(dtype)
+    return weight * x32.to(dtype)
+
+
+def silu_transform(y: torch.Tensor) -> torch.Tensor:
+    """The paper's parameter-free control: ``SiLU(Y)`` on the SDPA output (Table 3)."""
+    return F.silu(y)

@@ -1,0 +1,159 @@
+"""Slow, plain float64 references for tests and analysis cross-checks.
+
+Written from the paper's equations, head by head, sharing no code with the fast path except
+the configs. ``attention_layer_weights`` unpacks a :class:`~gated_attention.nn.GatedAttention`
+module's parameters into separate matrices by the documented ``qkv_proj`` layout.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from gated_attention.config import ModelConfig
+
+
+def attention_layer_weights(module: torch.nn.Module) -> dict[str, torch.Tensor | None]:
+    """Separate float64 weights of an attention layer: ``wq (H*D, d)``, ``wk``/``wv``
+    ``(K*D, d)``, ``wg (gate_size, d)`` (or ``None``), their biases, ``wo (d, H*D)``, ``bo``,
+    ``q_norm``/``k_norm``/``out_norm`` weights and the input-independent ``gate_logits``."""
+    cfg: ModelConfig = module.cfg
+    sizes = [cfg.q_size, cfg.kv_size, cfg.kv_size, cfg.gate_size]
+    ws = module.qkv_proj.weight.detach().double().split(sizes, dim=0)
+    bias = module.qkv_proj.bias
+    bs = bias.detach().double().split(sizes) if bias is not None else [None] * 4
+
+    def get(obj: torch.nn.Module | None, attr: str = "weight") -> torch.Tensor | None:
+        if obj is None:
+            return None
+        t = getattr(obj, attr)
+        return None if t is None else t.detach().double()
+
+    return {
+        "wq": ws[0],
+        "wk": ws[1],
+        "wv": ws[2],
+        "wg": ws[3] if cfg.gate_size else None,
+        "bq": bs[0],
+        "bk": bs[1],
+        "bv": bs[2],
+        "bg": bs[3] if cfg.gate_size else None,
+        "wo": get(module.o_proj),
+        "bo": get(module.o_proj, "bias"),
+        "q_norm": get(module.q_norm),
+        "k_norm": get(module.k_norm),
+        "out_norm": get(module.out_norm),
+        "gate_logits": module.gate_logits.detach().double()
+        if module.gate_logits is not None
+        else None,
+    }
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    y = x @ w.T
+    return y if b is None else y + b
+
+
+def _rms(x: torch.Tensor, w: torch.Tensor | None, eps: float, zero_centered: bool) -> torch.Tensor:
+    x = x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps)
+    if w is None:
+        return x
+    return x * (1 + w) if zero_centered else x * w
+
+
+def _act(s: torch.Tensor, name: str) -> torch.Tensor:
+    sig = 1 / (1 + torch.exp(-s))
+    return {"sigmoid": sig, "silu": s * sig, "ns_sigmoid": 0.5 + 0.5 * sig, "identity": s}[name]
+
+
+def _rope(x: torch.Tensor, positions: torch.Tensor, rot: int, base: float) -> torch.Tensor:
+    """x ``(T, D)`` at integer positions ``(T,)``: rotate pairs (i, i + rot/2), i < rot/2."""
+    out = x.clone()
+    half = rot // 2
+    for i in range(half):
+        theta = base ** (-2 * i / rot)
+        ang = positions.double() * theta
+        c, s = torch.cos(ang), torch.sin(ang)
+        a, b = x[:, i], x[:, i + half]
+        out[:, i] = a * c - b * s
+        out[:, i + half] = b * c + a * s
+    return out
+
+
+def reference_attention_layer(
+    x: torch.Tensor, weights: dict[str, torch.Tensor | None], cfg: ModelConfig
+) -> torch.Tensor:
+    """The attention layer of the paper for one causal sequence batch, in float64.
+
+    Args:
+        x: normed block input ``(B, T, hidden)``, positions ``0..T-1``.
+        weights: from :func:`attention_layer_weights`.
+        cfg: the model config (the gate config decides the variant).
+
+    Returns:
+        ``(B, T, hidden)``.
+    """
+    x = x.double()
+    B, T, _ = x.shape
+    H, K, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    group = H // K
+    gate = cfg.gate
+    zc_qk = cfg.qk_norm == "zero_centered"
+    positions = torch.arange(T)
+    out = torch.zeros(B, T, cfg.hidden_size, dtype=torch.float64)
+    for b in range(B):
+        xb = x[b]
+        q = _linear(xb, weights["wq"], weights["bq"]).view(T, H, D)
+        k = _linear(xb, weights["wk"], weights["bk"]).view(T, K, D)
+        v = _linear(xb, weights["wv"], weights["bv"]).view(T, K, D)
+        if gate.has_projection:
+            logits = _linear(xb, weights["wg"], weights["bg"])
+        elif weights["gate_logits"] is not None:
+            logits = weights["gate_logits"].expand(T, *weights["gate_logits"].shape).reshape(T, -1)
+        else:
+            logits = None
+
+        def gated(y: torch.Tensor, heads: int, logits=logits) -> torch.Tensor:
+            """Gate y (T, heads, D) or (T, hidden) from the logits (paper Eq. 5)."""
+            if gate.position == "dense":
+                s = _act(logits, gate.activation)
+            else:
+                per = 1 if gate.granularity == "headwise" else D
+                s = _act(logits.reshape(T, heads, per), gate.activation)
+                if gate.head_shared:
+                    s = s.mean(dim=1, keepdim=True)
+            return y * s if gate.mode == "multiplicative" else y + s
+
+        if gate.position == "value":
+            v = gated(v, K)
+        if cfg.qk_norm != "none":
+            q = _rms(q, weights["q_norm"], cfg.rms_norm_eps, zc_qk)
+            k = _rms(k, weights["k_norm"], cfg.rms_norm_eps, zc_qk)
+        if gate.position == "query":
+            q = gated(q, H)
+        if gate.position == "key":
+            k = gated(k, K)
+        rot = cfg.rotary_dim
+        q = torch.stack([_rope(q[:, h], positions, rot, cfg.rope_theta) for h in range(H)], 1)
+        k = torch.stack([_rope(k[:, j], positions, rot, cfg.rope_theta) for j in range(K)], 1)
+        z = torch.zeros(T, H, D, dtype=torch.float64)
+        causal = torch.tril(torch.ones(T, T, dtype=torch.bool))
+        for h in range(H):
+            j = h // group
+            scores = (q[:, h] @ k[:, j].T) / math.sqrt(D)
+            scores = scores.masked_fill(~causal, float("-inf"))
+            probs = torch.softmax(scores, dim=-1)
+            z[:, h] = probs @ v[:, j]
+        if gate.position == "sdpa":
+            if gate.transform == "rmsnorm":
+                z = _rms(z, weights["out_norm"], cfg.rms_norm_eps, cfg.norm_type == "zero_centered")
+            elif gate.transform == "silu":
+                z = z * (1 / (1 + torch.exp(-z)))
+            else:
+                z = gated(z, H)
+        o = _linear(z.reshape(T, H * D), weights["wo"], weights["bo"])
+        if gate.position == "dense":
+            o = gated(o, 0)
+        out[b] = o
+    return out
