@@ -1,0 +1,73 @@
+"""The ``gated-attention`` command (also ``python -m gated_attention``).
+
+Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``;
+they are imported lazily so ``--help`` stays fast. User errors (``ValueError`` and the library's
+own error types) print one line and exit non-zero, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# (name, module, one-line help)
+COMMANDS: list[tuple[str, str, str]] = [
+    ("data", "gated_attention.data.commands", "prepare the default corpus and tokenizer"),
+    ("train", "gated_attention.train.commands", "train a model from a TOML config"),
+    ("analyze", "gated_attention.analysis.commands", "measure sinks, activations and gates"),
+    ("reproduce", "gated_attention.experiments.commands", "run a study and write its report"),
+    ("eval", "gated_attention.evals.commands", "length extrapolation and retrieval evals"),
+    ("convert", "gated_attention.hf.commands", "convert checkpoints from/to HF formats"),
+    ("lm-eval", "gated_attention.hf.lm_eval_command", "run lm-evaluation-harness on a model"),
+]
+
+
+class UserError(Exception):
+    """An error caused by the user's input; printed as one line."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gated-attention",
+        description="Gated attention for LLMs: train, analyse and reproduce (Qiu et al. 2025).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name, help_text in COMMANDS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name and module_name.startswith(err.name):
+                continue  # subcommand not available in this build
+            raise
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (UserError, ValueError, FileNotFoundError) as err:
+        print(f"gated-attention {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
