@@ -1,0 +1,40 @@
+"""``gated-attention train --config FILE [--set key=value ...] [--resume]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from gated_attention.train.config import load_run_config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="TOML run config (see configs/)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set train.lr=1e-3 --set model.gate=sdpa-headwise",
+    )
+    parser.add_argument("--out", help="run directory (overrides out_dir)")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the newest valid checkpoint"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from gated_attention.train.trainer import TrainingDiverged, train
+
+    overrides = list(args.overrides)
+    if args.out:
+        overrides.append(f'out_dir="{args.out}"')
+    cfg = load_run_config(args.config, overrides)
+    try:
+        result = train(cfg, resume=args.resume)
+    except TrainingDiverged as err:
+        raise ValueError(str(err)) from None
+    if result.out_dir.exists():
+        print(json.dumps(result.to_dict(), indent=1))
+    return 0

@@ -1,0 +1,265 @@
+"""Run configuration: one TOML file plus a seed describes a training run completely.
+
+```toml
+seed = 0
+out_dir = "runs/tiny"
+
+[model]            # a preset plus any ModelConfig field
+preset = "tiny"
+gate = "sdpa-elementwise"
+
+[data]             # corpus (default text), backcopy (synthetic sink task) or files
+kind = "corpus"
+seq_len = 128
+bos = true
+
+[train]
+steps = 200
+batch_size = 16
+lr = 3e-3
+
+[distributed]
+strategy = "none"  # none | ddp | fsdp (launch with torchrun)
+```
+
+Unknown keys are errors that suggest the closest valid key; ``--set section.key=value``
+overrides any field (values parsed as TOML literals).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from gated_attention.config import ModelConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DATA_KINDS = ("corpus", "backcopy", "files")
+SCHEDULES = ("cosine", "wsd", "constant")
+DTYPES = ("float32", "bfloat16")
+STRATEGIES = ("none", "ddp", "fsdp")
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    valid = [f.name for f in fields(cls)]
+    for key in data:
+        if key not in valid:
+            raise ValueError(
+                f"unknown key {where}.{key}.{_suggest(key, valid)} Valid keys in [{where}]: "
+                f"{', '.join(valid)}."
+            )
+    return cls(**data)
+
+
+def _choice(where: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{where}={value!r} is not valid; allowed: {', '.join(allowed)}.")
+
+
+def _positive(where: str, value: Any, zero_ok: bool = False) -> None:
+    bad = not isinstance(value, (int, float)) or isinstance(value, bool)
+    if bad or value < 0 or (value == 0 and not zero_ok):
+        raise ValueError(f"{where} must be {'>= 0' if zero_ok else '> 0'}, got {value!r}.")
+
+
+@dataclass
+class DataConfig:
+    kind: str = "corpus"
+    """``corpus``: the default English corpus (fetched and cached); ``files``: your own text /
+    JSONL / ``datasets`` directory in ``path``; ``backcopy``: the synthetic sink task."""
+    seq_len: int = 128
+    bos: bool = True
+    """Put a fixed BOS token at position 0 of every training window (induces sinks)."""
+    sources: list[str] = field(default_factory=lambda: ["wiki", "shakespeare"])
+    path: str | None = None
+    """Documents for ``kind = "files"``."""
+    tokenizer: str | None = None
+    """An existing ``tokenizer.json`` (or directory) instead of training one."""
+    vocab_size: int = 8192
+    """Vocabulary of the trained tokenizer (and of the backcopy task's token set)."""
+    val_fraction: float = 0.05
+    cache_dir: str | None = None
+    num_triggers: int = 3
+    """backcopy: how many trigger tokens."""
+    task_seed: int = 1234
+    """backcopy: seed of the bigram chain (fixed across arms so they learn the same task)."""
+
+    def __post_init__(self) -> None:
+        _choice("data.kind", self.kind, DATA_KINDS)
+        _positive("data.seq_len", self.seq_len)
+        _positive("data.vocab_size", self.vocab_size)
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}.")
+        if self.kind == "files" and not self.path:
+            raise ValueError('data.kind = "files" needs data.path (text, JSONL or a directory).')
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 200
+    batch_size: int = 16
+    """Global batch in sequences (split over ranks and accumulation micro-steps)."""
+    grad_accum: int = 1
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 20
+    schedule: str = "cosine"
+    decay_fraction: float = 0.2
+    """wsd: share of steps in the final decay."""
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    """0 disables clipping."""
+    decay_embeddings: bool = False
+    """Apply weight decay to embeddings too (norms and biases never decay)."""
+    dtype: str = "float32"
+    """``bfloat16`` runs the forward under autocast (weights and optimizer stay fp32)."""
+    compile: bool = False
+    device: str = "auto"
+    eval_every: int = 50
+    eval_batches: int = 8
+    eval_batch_size: int = 0
+    """0: same as batch_size."""
+    log_every: int = 1
+    ckpt_every: int = 100
+    keep_last: int = 2
+    progress: bool = True
+    tensorboard: bool = False
+    spike_window: int = 128
+    spike_sigma: float = 6.0
+    stop_on_nonfinite: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum", "lr", "log_every", "eval_batches"):
+            _positive(f"train.{name}", getattr(self, name))
+        for name in ("warmup_steps", "weight_decay", "grad_clip", "eval_every", "ckpt_every"):
+            _positive(f"train.{name}", getattr(self, name), zero_ok=True)
+        _positive("train.keep_last", self.keep_last)
+        _choice("train.schedule", self.schedule, SCHEDULES)
+        _choice("train.dtype", self.dtype, DTYPES)
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}.")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(
+                f"train.batch_size={self.batch_size} must be divisible by "
+                f"train.grad_accum={self.grad_accum}."
+            )
+
+
+@dataclass
+class DistributedConfig:
+    strategy: str = "none"
+    """``ddp`` (DistributedDataParallel) or ``fsdp`` (FSDP2 ``fully_shard`` per block); both
+    need a ``torchrun`` launch. gloo on CPU, nccl on GPU."""
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        _choice("distributed.strategy", self.strategy, STRATEGIES)
+        _choice("distributed.backend", self.backend, ("auto", "gloo", "nccl"))
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    out_dir: str = "runs/train"
+    model: dict[str, Any] = field(default_factory=lambda: {"preset": "tiny"})
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, dict):
+            self.data = _build(DataConfig, self.data, "data")
+        if isinstance(self.train, dict):
+            self.train = _build(TrainConfig, self.train, "train")
+        if isinstance(self.distributed, dict):
+            self.distributed = _build(DistributedConfig, self.distributed, "distributed")
+        self.model_config(vocab_size=None)  # validate the model section early
+
+    def model_config(self, vocab_size: int | None) -> ModelConfig:
+        """The model config; ``vocab_size`` (from the tokenizer/task) fills it unless the
+        model section sets it."""
+        spec = dict(self.model)
+        preset = spec.pop("preset", None)
+        if vocab_size is not None and "vocab_size" not in spec:
+            spec["vocab_size"] = vocab_size
+        if "max_position_embeddings" not in spec and preset is None:
+            spec.setdefault("max_position_embeddings", max(self.data.seq_len, 128))
+        try:
+            cfg = ModelConfig.from_preset(preset, **spec) if preset else ModelConfig.from_dict(spec)
+        except ValueError as err:
+            raise ValueError(f"[model] {err}") from None
+        if self.data.seq_len > cfg.max_position_embeddings:
+            raise ValueError(
+                f"data.seq_len={self.data.seq_len} exceeds the model's maximum "
+                f"max_position_embeddings={cfg.max_position_embeddings}; lower data.seq_len or "
+                f"raise model.max_position_embeddings."
+            )
+        if vocab_size is not None and cfg.vocab_size < vocab_size:
+            raise ValueError(
+                f"model.vocab_size={cfg.vocab_size} is smaller than the tokenizer's "
+                f"{vocab_size} tokens; remove model.vocab_size to use the tokenizer's size."
+            )
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        return _build(cls, data, "run")
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value as a TOML literal (``3e-3``, ``true``, ``"x"``, ``[1, 2]``); bare
+    words that are not TOML literals are taken as strings."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides to a raw config dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {key}: {part} is not a section")
+        node[parts[-1]] = parse_value(value.strip())
+    return data
+
+
+def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a TOML run config (or defaults when ``path`` is None) and apply overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"{path} is not valid TOML: {err}") from None
+    apply_overrides(data, overrides or [])
+    return RunConfig.from_dict(data)

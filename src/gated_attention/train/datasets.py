@@ -1,0 +1,90 @@
+"""Build the batch source a run config names: the default corpus, your files, or the
+synthetic bigram-backcopy task. Every source has ``batch(step, batch_size, seed, rank,
+world_size)`` (a pure function of its arguments, which makes resume exact) and
+``iter_eval_batches(batch_size, max_batches)``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from gated_attention.train.config import DataConfig
+
+
+class BatchSource(Protocol):
+    def batch(
+        self, step: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def iter_eval_batches(self, batch_size: int, max_batches: int | None = None) -> Any: ...
+
+
+@dataclass
+class RunData:
+    """The training and validation sources, the vocabulary size and provenance."""
+
+    train: BatchSource
+    val: BatchSource
+    vocab_size: int
+    info: dict[str, Any]
+    tokenizer_path: Path | None = None
+    task: Any = None
+
+
+def build_data(cfg: DataConfig) -> RunData:
+    if cfg.kind == "backcopy":
+        from gated_attention.data.synthetic import BigramBackcopyTask
+
+        task = BigramBackcopyTask(
+            vocab_size=cfg.vocab_size,
+            num_triggers=cfg.num_triggers,
+            seq_len=cfg.seq_len,
+            seed=cfg.task_seed,
+        )
+        return RunData(
+            train=task,
+            val=task.split("val") if hasattr(task, "split") else task,
+            vocab_size=cfg.vocab_size,
+            info={"kind": "backcopy", "task": _public(task)},
+            task=task,
+        )
+    from gated_attention.data import PackedTokenDataset, load_tokenizer, prepare_data
+
+    documents = cfg.path if cfg.kind == "files" else None
+    prepared = prepare_data(
+        cache_dir=cfg.cache_dir,
+        sources=tuple(cfg.sources),
+        vocab_size=cfg.vocab_size,
+        tokenizer_path=cfg.tokenizer,
+        documents=documents,
+    )
+    tokenizer = load_tokenizer(prepared.tokenizer_path)
+    bos = tokenizer.bos_token_id if cfg.bos else None
+    common = dict(seq_len=cfg.seq_len, val_fraction=cfg.val_fraction, bos_id=bos)
+    train = PackedTokenDataset(prepared.tokens_path, split="train", **common)
+    val = PackedTokenDataset(prepared.tokens_path, split="val", **common)
+    return RunData(
+        train=train,
+        val=val,
+        vocab_size=len(tokenizer),
+        info={
+            "kind": cfg.kind,
+            "prepared": str(prepared.root),
+            "tokenizer": str(prepared.tokenizer_path),
+            "manifest": prepared.manifest,
+            "train_windows": len(train),
+            "val_windows": len(val),
+        },
+        tokenizer_path=Path(prepared.tokenizer_path),
+    )
+
+
+def _public(obj: Any) -> dict[str, Any]:
+    from dataclasses import asdict, is_dataclass
+
+    if is_dataclass(obj):
+        return {k: v for k, v in asdict(obj).items() if not k.startswith("_")}
+    return {"repr": repr(obj)}
