@@ -97,6 +97,10 @@ def _backcopy_split(captured: Any, trigger: torch.Tensor, task: Any) -> dict[str
             entry["gate_trigger"] = float(g[trig].mean()) if trig.any() else None
             entry["gate_other"] = float(g[other].mean()) if other.any() else None
             entry["gate_other_min_head"] = float(g[other].mean(0).min()) if other.any() else None
+            # what actually reaches the output: BOS attention times the head's mean gate
+            eff = (bos * g.permute(0, 2, 1)).mean(dim=1)  # (B, T)
+            entry["effective_bos_trigger"] = float(eff[trig].mean()) if trig.any() else None
+            entry["effective_bos_other"] = float(eff[other].mean()) if other.any() else None
         per_layer.append(entry)
     return {
         "per_layer": per_layer,

@@ -66,6 +66,7 @@ def run_metrics(rec: RunRecord) -> dict[str, float | None]:
         if layers and "gate_other" in layers[0]:
             out["gate_other"] = min(x["gate_other"] for x in layers)
             out["gate_trigger"] = max(x["gate_trigger"] for x in layers)
+            out["effective_bos_other"] = max(x["effective_bos_other"] for x in layers)
     return out
 
 
@@ -170,6 +171,12 @@ def verdicts(study: Study, agg: dict, baseline: str = "baseline") -> list[str]:
                 parts.append(
                     f"on non-trigger queries its gate {'closes' if closes else 'stays open'} "
                     f"(lowest layer mean {fmt(go)} vs {fmt(gt)} on trigger queries)"
+                )
+            eff = _m(agg, task, arm, "effective_bos_other")
+            if eff is not None and bo is not None:
+                parts.append(
+                    f"gate-weighted BOS attention on non-trigger queries {fmt(eff)} vs the "
+                    f"baseline's BOS attention {fmt(bo)}"
                 )
             lines.append(f"- {arm}: " + "; ".join(parts) + ".")
             if bo is not None and bt is not None and arm == gated[0]:
@@ -308,7 +315,7 @@ def _backcopy_table(study: Study, records: list[RunRecord], task: str) -> list[s
             rows.append(
                 f"| {rec.arm} | {x['layer']} | {fmt(x['bos_attention_trigger'])} | "
                 f"{fmt(x['bos_attention_other'])} | {fmt(x.get('gate_trigger'))} | "
-                f"{fmt(x.get('gate_other'))} |"
+                f"{fmt(x.get('gate_other'))} | {fmt(x.get('effective_bos_other'))} |"
             )
     return rows if len(rows) > 2 else []
 
