@@ -1,0 +1,39 @@
+"""Hugging Face ``transformers`` integration and checkpoint interop.
+
+Importing this package registers ``model_type = "gated_attention"`` with ``AutoConfig``,
+``AutoModel`` and ``AutoModelForCausalLM``, so ``AutoModelForCausalLM.from_pretrained(dir)`` returns
+a :class:`GatedAttentionForCausalLM` for a directory saved by this library. (``import
+gated_attention`` alone does not import ``transformers``.)
+
+- :class:`GatedAttentionConfig`, :class:`GatedAttentionModel`, :class:`GatedAttentionForCausalLM`:
+  thin wrappers over the core modules (``gated_attention.nn``), not a second modeling file.
+- ``gated_attention.hf.convert``: importers/exporters for the paper's released checkpoints,
+  ``transformers`` Qwen3 and Qwen3-Next (``import_checkpoint`` / ``export_checkpoint``), also on
+  the command line as ``gated-attention convert``.
+- ``gated_attention.hf.layouts``: the packing layouts of the attention projection (ours, paper,
+  Qwen3-Next, Megatron) as documented index maps.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+from .configuration import GatedAttentionConfig
+from .modeling import (
+    GatedAttentionCausalLMOutput,
+    GatedAttentionForCausalLM,
+    GatedAttentionModel,
+    GatedAttentionModelOutput,
+    GatedAttentionPreTrainedModel,
+)
+
+AutoConfig.register(GatedAttentionConfig.model_type, GatedAttentionConfig, exist_ok=True)
+AutoModel.register(GatedAttentionConfig, GatedAttentionModel, exist_ok=True)
+AutoModelForCausalLM.register(GatedAttentionConfig, GatedAttentionForCausalLM, exist_ok=True)
+
+__all__ = [
+    "GatedAttentionCausalLMOutput",
+    "GatedAttentionConfig",
+    "GatedAttentionForCausalLM",
+    "GatedAttentionModel",
+    "GatedAttentionModelOutput",
+    "GatedAttentionPreTrainedModel",
+]

@@ -1,0 +1,396 @@
+"""``transformers`` wrappers around the core modules: no second modeling file.
+
+:class:`GatedAttentionModel` holds the very modules :class:`~gated_attention.model.GatedLM` is
+built from (``embed_tokens``, ``layers`` of :class:`~gated_attention.nn.block.DecoderBlock`,
+``norm``, ``rotary``), with the same names, so a ``GatedLM`` state dict maps onto
+``GatedAttentionForCausalLM`` by prefixing ``model.`` (``lm_head`` stays top-level).
+
+The forward signature follows ``transformers`` 5.24's Qwen3: the cache argument is ``cache``
+(``past_key_values`` still accepted, renamed by ``deprecate_kwarg``), ``cache_position`` no longer
+exists (it is accepted and ignored), ``output_attentions`` / ``output_hidden_states`` /
+``return_dict`` follow the config defaults. Attention runs through our own backend registry
+(``gated_attention.ops.attention``): ``attn_implementation="eager"`` selects our ``eager`` backend,
+anything else leaves each layer's ``attn_backend`` (``auto`` = SDPA). ``output_attentions=True``
+works with any implementation: the layers switch, for that call, to an eager backend that also
+records the probabilities (``ops.attention.attention_probabilities`` on the post-RoPE queries and
+the full, cached keys).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import DynamicCache
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import slice_logits_to_keep
+from transformers.utils import can_return_tuple
+from transformers.utils.deprecation import deprecate_kwarg
+
+from gated_attention.model import GatedLM, RotaryEmbedding
+from gated_attention.nn.attention import GatedAttention
+from gated_attention.nn.block import DecoderBlock
+from gated_attention.nn.cache import KVCache
+from gated_attention.nn.norm import RMSNorm
+from gated_attention.ops.attention import (
+    attention,
+    attention_probabilities,
+    causal_mask,
+    register_attention_backend,
+)
+
+from .configuration import GatedAttentionConfig
+
+__all__ = [
+    "RECORDING_BACKEND",
+    "GatedAttentionCausalLMOutput",
+    "GatedAttentionForCausalLM",
+    "GatedAttentionModel",
+    "GatedAttentionModelOutput",
+    "GatedAttentionPreTrainedModel",
+]
+
+# ---------------------------------------------------------------------- attention probabilities
+RECORDING_BACKEND = "eager_recording"
+"""Backend name registered in ``gated_attention.ops.attention``: eager attention that also
+appends its probabilities ``(B, H, T, S)`` to the active recording (``output_attentions``)."""
+
+_RECORDING: ContextVar[list[torch.Tensor] | None] = ContextVar(
+    "gated_attention_hf_attentions", default=None
+)
+
+
+def _eager_recording(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    causal: bool,
+    scale: float,
+) -> torch.Tensor:
+    """Eager attention ``(B, T, H, D)`` that records ``attention_probabilities`` of the same
+    queries and (cached + new) keys it attends with."""
+    recording = _RECORDING.get()
+    if recording is not None:
+        recording.append(attention_probabilities(q, k, mask, causal, scale))
+    return attention(q, k, v, mask, causal, scale, backend="eager")
+
+
+register_attention_backend(RECORDING_BACKEND, _eager_recording)
+
+
+@contextlib.contextmanager
+def _layers_backend(layers: nn.ModuleList, backend: str | None) -> Iterator[None]:
+    """Run every layer's attention on ``backend`` for the duration (``None``: leave as is)."""
+    if backend is None:
+        yield
+        return
+    attns = [layer.self_attn for layer in layers]
+    previous = [a.attn_backend for a in attns]
+    for a in attns:
+        a.attn_backend = backend
+    try:
+        yield
+    finally:
+        for a, name in zip(attns, previous):
+            a.attn_backend = name
+
+
+@contextlib.contextmanager
+def _recording(store: list[torch.Tensor] | None) -> Iterator[None]:
+    if store is None:
+        yield
+        return
+    token = _RECORDING.set(store)
+    try:
+        yield
+    finally:
+        _RECORDING.reset(token)
+
+
+# ---------------------------------------------------------------------- outputs
+@dataclass
+class GatedAttentionModelOutput(BaseModelOutputWithPast):
+    """``BaseModelOutputWithPast`` (``last_hidden_state`` ``(B, T, hidden)``, ``cache``,
+    ``hidden_states``, ``attentions`` ``(B, H, T, S)`` per layer) plus ``aux_loss``: the summed
+    MoE load-balancing and z-losses (``None`` for dense models)."""
+
+    aux_loss: torch.Tensor | None = None
+
+
+@dataclass
+class GatedAttentionCausalLMOutput(CausalLMOutputWithPast):
+    """``CausalLMOutputWithPast`` (``loss``, ``logits`` ``(B, T, vocab)``, ``cache``,
+    ``hidden_states``, ``attentions``) plus the MoE ``aux_loss`` (already included in ``loss``)."""
+
+    aux_loss: torch.Tensor | None = None
+
+
+# ---------------------------------------------------------------------- models
+class GatedAttentionPreTrainedModel(PreTrainedModel):
+    """Weight init, config class and ``transformers`` capability flags shared by the models."""
+
+    config: GatedAttentionConfig
+    config_class = GatedAttentionConfig
+    base_model_prefix = "model"
+    _no_split_modules: ClassVar[list[str]] = ["DecoderBlock"]
+    _supports_sdpa = True  # "sdpa" maps to our "auto" backend, "eager" to our "eager"
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+    _supports_attention_backend = False  # transformers' ALL_ATTENTION_FUNCTIONS is not used
+    supports_gradient_checkpointing = False
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Initialise one module exactly as :meth:`GatedLM.init_weights` does -- normal(0,
+        initializer_range) for every linear (so the gate rows of the fused ``qkv_proj`` too) and
+        embedding, zero biases, norms at identity (1, or 0 when zero-centred), input-independent
+        ``gate_logits`` at 0 -- using ``transformers.initialization`` so parameters already loaded
+        by ``from_pretrained`` are left alone. Also refills the RoPE ``inv_freq`` buffer, which is
+        not saved and comes back uninitialised from ``from_pretrained``."""
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, RMSNorm):
+            if module.zero_centered:
+                init.zeros_(module.weight)
+            else:
+                init.ones_(module.weight)
+        elif isinstance(module, GatedAttention) and module.gate_logits is not None:
+            init.zeros_(module.gate_logits)
+        elif isinstance(module, RotaryEmbedding):
+            fresh = RotaryEmbedding(module.cfg).inv_freq
+            init.copy_(module.inv_freq, fresh.to(module.inv_freq.device))
+
+
+class GatedAttentionModel(GatedAttentionPreTrainedModel):
+    """The decoder stack: embeddings -> :class:`DecoderBlock` s -> final norm; returns hidden
+    states ``(B, T, hidden)``. Attribute names match :class:`GatedLM`."""
+
+    def __init__(self, config: GatedAttentionConfig) -> None:
+        super().__init__(config)
+        cfg = config.to_model_config()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderBlock(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_type == "zero_centered")
+        self.rotary = RotaryEmbedding(cfg)
+        self.post_init()
+
+    def _positions_and_mask(
+        self,
+        batch: int,
+        seq: int,
+        cache: Any,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Positions ``(B | 1, T)`` and the boolean mask ``(B | 1, 1, T, S)`` (or ``None``) exactly
+        as :meth:`GatedLM.forward` builds them: padding-aware positions from the mask when given
+        (left padding starts each row at 0), else continuing the cache; a windowed ``KVCache``
+        supplies its own StreamingLLM mask."""
+        device = self.embed_tokens.weight.device
+        past = cache.get_seq_length() if cache is not None else 0
+        if position_ids is None:
+            if attention_mask is not None:
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -seq:]
+            else:
+                start = cache.get_position(0) if isinstance(cache, KVCache) else past
+                position_ids = torch.arange(start, start + seq, device=device)[None]
+                position_ids = position_ids.expand(batch, seq)
+        if isinstance(cache, KVCache) and cache.windowed:
+            if attention_mask is not None:
+                raise ValueError(
+                    "attention_mask (padding) cannot be combined with a windowed KVCache "
+                    f"(window={cache.window}); feed unpadded sequences."
+                )
+            return position_ids, cache.attention_mask(seq, device=device)
+        return position_ids, causal_mask(seq, past + seq, attention_mask, device=device)
+
+    def _attention_backend(self, output_attentions: bool) -> str | None:
+        if output_attentions:
+            return RECORDING_BACKEND
+        if self.config._attn_implementation == "eager":
+            return "eager"
+        return None
+
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Any | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs: Any,
+    ) -> GatedAttentionModelOutput:
+        """Hidden states for ``input_ids`` ``(B, T)`` (or ``inputs_embeds`` ``(B, T, hidden)``).
+
+        Args:
+            attention_mask: ``(B, S)``, 1 for real tokens and 0 for padding, over cached + new
+                tokens (``S = past + T``). Only 2-D masks are accepted.
+            position_ids: ``(B | 1, T)``; default as :meth:`GatedLM.forward` (padding-aware).
+            cache: a ``transformers`` ``Cache`` or our ``KVCache``; a ``DynamicCache`` is created
+                when ``use_cache`` and none is given.
+            output_attentions: also return per-layer probabilities ``(B, H, T, S)``.
+            output_hidden_states: also return ``L + 1`` hidden states: the embeddings, the output
+                of each block, the last replaced by the normed output (``transformers``'
+                ``tie_last_hidden_states`` convention; set the config flag to ``False`` to keep the
+                raw last block output).
+        """
+        kwargs.pop("cache_position", None)  # removed in transformers 5.x; positions suffice
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        if attention_mask is not None and attention_mask.dim() != 2:
+            raise ValueError(
+                f"attention_mask must be 2-D (batch, seq) with 1 for real tokens, got shape "
+                f"{tuple(attention_mask.shape)}."
+            )
+        config = self.config
+        use_cache = config.use_cache if use_cache is None else use_cache
+        if output_attentions is None:
+            output_attentions = config.output_attentions
+        if output_hidden_states is None:
+            output_hidden_states = config.output_hidden_states
+        h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        B, T = h.shape[:2]
+        if use_cache and cache is None:
+            cache = DynamicCache(config=config)
+        position_ids, mask = self._positions_and_mask(B, T, cache, attention_mask, position_ids)
+        cos, sin = self.rotary(position_ids, h.dtype)
+
+        hidden: list[torch.Tensor] | None = [h] if output_hidden_states else None
+        attentions: list[torch.Tensor] | None = [] if output_attentions else None
+        aux_total = None
+        with (
+            _layers_backend(self.layers, self._attention_backend(bool(output_attentions))),
+            _recording(attentions),
+        ):
+            for layer in self.layers:
+                h, aux = layer(h, cos, sin, mask, cache)
+                if aux is not None:
+                    aux_total = aux if aux_total is None else aux_total + aux
+                if hidden is not None:
+                    hidden.append(h)
+        h = self.norm(h)
+        if hidden is not None and getattr(config, "tie_last_hidden_states", None) is not False:
+            hidden[-1] = h
+        return GatedAttentionModelOutput(
+            last_hidden_state=h,
+            cache=cache if use_cache else None,
+            hidden_states=tuple(hidden) if hidden is not None else None,
+            attentions=tuple(attentions) if attentions is not None else None,
+            aux_loss=aux_total,
+        )
+
+
+class GatedAttentionForCausalLM(GatedAttentionPreTrainedModel, GenerationMixin):
+    """:class:`GatedAttentionModel` plus the LM head. ``generate`` uses ``transformers``' caches
+    (``DynamicCache`` by default); our ``KVCache`` works in ``forward`` but not in ``generate``,
+    which expects a ``transformers`` ``Cache``."""
+
+    _tied_weights_keys: ClassVar[dict[str, str]] = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: GatedAttentionConfig) -> None:
+        super().__init__(config)
+        self.model = GatedAttentionModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Any | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs: Any,
+    ) -> GatedAttentionCausalLMOutput:
+        """Next-token logits ``(B, T, vocab)`` (or the positions ``logits_to_keep`` selects).
+
+        ``labels`` ``(B, T)`` in the ``transformers`` convention (shifted inside, ``-100``
+        ignored) give ``loss``: ``transformers``' causal-LM loss plus the MoE ``aux_loss``. Other
+        arguments as :meth:`GatedAttentionModel.forward`.
+        """
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
+        )
+        logits = self.lm_head(slice_logits_to_keep(out.last_hidden_state, logits_to_keep))
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs
+            )
+            if out.aux_loss is not None:
+                loss = loss + out.aux_loss
+        return GatedAttentionCausalLMOutput(
+            loss=loss,
+            logits=logits,
+            cache=out.cache,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+            aux_loss=out.aux_loss,
+        )
+
+    # ------------------------------------------------------------------ GatedLM interop
+    @classmethod
+    def from_gated_lm(cls, lm: GatedLM, **config_kwargs: Any) -> GatedAttentionForCausalLM:
+        """Wrap the weights of a :class:`GatedLM` (copied; same dtype and device).
+
+        ``config_kwargs`` go to :meth:`GatedAttentionConfig.from_model_config` (token ids etc.).
+        """
+        if not isinstance(lm, GatedLM):
+            raise ValueError(f"from_gated_lm needs a GatedLM, got {type(lm).__name__}.")
+        config = GatedAttentionConfig.from_model_config(lm.cfg, **config_kwargs)
+        model = cls(config)
+        model.load_state_dict(gated_lm_state_to_hf(lm.state_dict()))
+        weight = lm.embed_tokens.weight
+        return model.to(device=weight.device, dtype=weight.dtype)
+
+    def to_gated_lm(self) -> GatedLM:
+        """A :class:`GatedLM` with a copy of these weights (same dtype and device)."""
+        lm = GatedLM(self.config.to_model_config())
+        lm.load_state_dict(hf_state_to_gated_lm(self.state_dict()))
+        weight = self.model.embed_tokens.weight
+        return lm.to(device=weight.device, dtype=weight.dtype)
+
+
+def gated_lm_state_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``GatedLM`` state-dict keys -> ``GatedAttentionForCausalLM`` keys (``model.`` prefix,
+    ``lm_head`` unchanged)."""
+    return {k if k.startswith("lm_head.") else f"model.{k}": v for k, v in state.items()}
+
+
+def hf_state_to_gated_lm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`gated_lm_state_to_hf`."""
+    return {k.removeprefix("model."): v for k, v in state.items()}
