@@ -28,28 +28,29 @@ class UserError(Exception):
     """An error caused by the user's input; printed as one line."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; only the chosen subcommand's module is imported (so ``--help`` and light
+    commands do not pay for heavy imports such as ``transformers``)."""
     parser = argparse.ArgumentParser(
         prog="gated-attention",
         description="Gated attention for LLMs: train, analyse and reproduce (Qiu et al. 2025).",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, module_name, help_text in COMMANDS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name and module_name.startswith(err.name):
-                continue  # subcommand not available in this build
-            raise
         p = sub.add_parser(name, help=help_text, description=help_text)
+        if name != chosen:
+            continue
+        module = importlib.import_module(module_name)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
