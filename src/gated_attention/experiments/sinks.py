@@ -127,6 +127,13 @@ def verdicts(study: Study, agg: dict, baseline: str = "baseline") -> list[str]:
                     f"({fmt(f_base)} vs {fmt(floor)}): no sink formed at this scale, so this task "
                     "cannot show the paper's sink removal."
                 )
+        bo, bt = _m(agg, task, baseline, "bos_other"), _m(agg, task, baseline, "bos_trigger")
+        if bo is not None and bt is not None:
+            lines.append(
+                f"- baseline: BOS attention {fmt(bo)} on non-trigger (dormant) queries vs "
+                f"{fmt(bt)} on trigger queries"
+                + (" — the dormant head parks on BOS (a sink)." if bo > 2 * bt else ".")
+            )
         for arm in gated:
             if arm not in agg[task]:
                 lines.append(f"- {arm}: did not finish (see the failures section).")
@@ -164,7 +171,6 @@ def verdicts(study: Study, agg: dict, baseline: str = "baseline") -> list[str]:
                     f"mean gate {fmt(g)} ({sparse}; paper: "
                     f"{TABLE4.get(_paper_key(study, arm), {}).get('gate_mean', '-')})"
                 )
-            bo, bt = _m(agg, task, baseline, "bos_other"), _m(agg, task, baseline, "bos_trigger")
             go, gt = _m(agg, task, arm, "gate_other"), _m(agg, task, arm, "gate_trigger")
             if go is not None and gt is not None:
                 closes = go < 0.5 * gt
@@ -179,12 +185,6 @@ def verdicts(study: Study, agg: dict, baseline: str = "baseline") -> list[str]:
                     f"baseline's BOS attention {fmt(bo)}"
                 )
             lines.append(f"- {arm}: " + "; ".join(parts) + ".")
-            if bo is not None and bt is not None and arm == gated[0]:
-                lines.append(
-                    f"- baseline on the backcopy task: BOS attention {fmt(bo)} on non-trigger "
-                    f"queries vs {fmt(bt)} on trigger queries"
-                    + (" — the dormant head parks on BOS (a sink)." if bo > 2 * bt else ".")
-                )
     return lines
 
 
@@ -193,6 +193,11 @@ def _paper_key(study: Study, arm_name: str) -> str:
         if arm.name == arm_name:
             return arm.paper_row or arm.gate
     return arm_name
+
+
+def _paper(value: float | None) -> str:
+    """A paper number as printed (no padding zeros)."""
+    return "-" if value is None else f"{value:g}"
 
 
 def _table(study: Study, agg: dict, task: str) -> list[str]:
@@ -210,7 +215,9 @@ def _table(study: Study, agg: dict, task: str) -> list[str]:
             row.append(fmt_ms(e.get("mean"), e.get("std")))
         p = TABLE4.get(arm.paper_row or arm.gate)
         row.append(
-            " / ".join(fmt(p.get(k)) for k in ("gate_mean", "m_act", "f_attn", "ppl")) if p else "-"
+            " / ".join(_paper(p.get(k)) for k in ("gate_mean", "m_act", "f_attn", "ppl"))
+            if p
+            else "-"
         )
         lines.append("| " + " | ".join(row) + " |")
     return lines
