@@ -13,7 +13,9 @@ from tests.hf.helpers import VOCAB, perturb, qwen3_config
 
 def test_formats_agree_and_command_is_registered():
     assert commands.FORMATS == convert.FORMATS
-    args = build_parser().parse_args(["convert", "--to", "qwen3-next", "a", "b"])
+    args = build_parser(["convert", "--to", "qwen3-next", "a", "b"]).parse_args(
+        ["convert", "--to", "qwen3-next", "a", "b"]
+    )
     assert (args.to_format, args.from_format, args.src, args.dst) == ("qwen3-next", None, "a", "b")
 
 
@@ -67,8 +69,10 @@ def test_errors_print_one_line_and_exit_2(tmp_path, capsys):
 
 def test_direction_is_required_and_exclusive(capsys):
     with pytest.raises(SystemExit) as exc:
-        build_parser().parse_args(["convert", "--from", "paper", "--to", "qwen3", "a", "b"])
+        build_parser(["convert", "--from", "paper", "--to", "qwen3", "a", "b"]).parse_args(
+            ["convert", "--from", "paper", "--to", "qwen3", "a", "b"]
+        )
     assert exc.value.code == 2
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["convert", "a", "b"])
+        build_parser(["convert", "a", "b"]).parse_args(["convert", "a", "b"])
     capsys.readouterr()

@@ -40,7 +40,6 @@ from gated_attention.nn.block import DecoderBlock
 from gated_attention.nn.cache import KVCache
 from gated_attention.nn.norm import RMSNorm
 from gated_attention.ops.attention import (
-    attention,
     attention_probabilities,
     causal_mask,
     register_attention_backend,
@@ -75,12 +74,20 @@ def _eager_recording(
     causal: bool,
     scale: float,
 ) -> torch.Tensor:
-    """Eager attention ``(B, T, H, D)`` that records ``attention_probabilities`` of the same
-    queries and (cached + new) keys it attends with."""
+    """Eager attention ``(B, T, H, D)`` that records the probabilities it attends with.
+
+    The recorded tensor is the one multiplied into ``v`` (as in the ``eager`` backend), not a
+    recomputation: gradients then reach the returned ``attentions`` (gradient-based attribution;
+    ``transformers``' ``test_retain_grad_hidden_states_attentions``).
+    """
+    B, T, H, D = q.shape
+    K = k.shape[2]
+    probs = attention_probabilities(q, k, mask, causal, scale)
     recording = _RECORDING.get()
     if recording is not None:
-        recording.append(attention_probabilities(q, k, mask, causal, scale))
-    return attention(q, k, v, mask, causal, scale, backend="eager")
+        recording.append(probs)
+    out = probs.reshape(B, K, H // K, T, -1) @ v.transpose(1, 2).unsqueeze(2)  # (B, K, g, T, D)
+    return out.reshape(B, H, T, D).transpose(1, 2)
 
 
 register_attention_backend(RECORDING_BACKEND, _eager_recording)
