@@ -32,6 +32,10 @@ output instead of a gate."""
 
 QK_NORMS = ("none", "rms", "zero_centered")
 NORM_TYPES = ("rms", "zero_centered")
+EXPANSION_DIMS = ("kv_heads", "query_heads", "ffn")
+"""What :meth:`ModelConfig.expanded` grows for a parameter-matched baseline (paper Table 1 rows
+2-4): more KV heads, more query heads, or more FFN capacity (a wider SwiGLU in a dense model, more
+experts in an MoE model)."""
 
 
 def _suggest(name: str, valid: list[str] | tuple[str, ...]) -> str:
@@ -286,6 +290,9 @@ class ModelConfig:
     """A :class:`GateConfig`, a variant name (``"sdpa-elementwise"``) or a dict."""
     moe: MoEConfig | None = None
     """``None`` for a dense SwiGLU FFN in every layer."""
+    sandwich_norm: bool = False
+    """Sandwich norm (Ding et al. 2021, the paper's Table 2 stability baseline): an extra RMSNorm
+    on the attention and FFN outputs before each residual add. Off: the plain pre-norm block."""
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
 
@@ -339,6 +346,10 @@ class ModelConfig:
             )
         _check_choice("ModelConfig", "qk_norm", self.qk_norm, QK_NORMS)
         _check_choice("ModelConfig", "norm_type", self.norm_type, NORM_TYPES)
+        if not isinstance(self.sandwich_norm, bool):
+            raise ValueError(
+                f"ModelConfig.sandwich_norm must be true or false, got {self.sandwich_norm!r}."
+            )
 
     # ----------------------------------------------------------------- derived sizes
     @property
@@ -373,6 +384,122 @@ class ModelConfig:
         )
         per_head = 1 if gate.granularity == "headwise" else self.head_dim
         return heads * per_head
+
+    # ----------------------------------------------------------------- parameter budgets
+    def num_parameters(self) -> int:
+        """Total parameters of the model this config builds (tied embeddings counted once).
+
+        Computed from the config alone (no model is built), so parameter matching is cheap;
+        ``tests/test_equal_params.py`` checks it against ``count_parameters`` of built models.
+        """
+        h, d, layers = self.hidden_size, self.head_dim, self.num_hidden_layers
+        gate = self.gate
+        qkv_out = self.q_size + 2 * self.kv_size + self.gate_size
+        attn = h * qkv_out + self.q_size * h
+        attn += qkv_out * int(self.attention_bias) + h * int(self.attention_out_bias)
+        attn += 2 * d if self.qk_norm != "none" else 0
+        if gate.enabled and gate.transform == "gate" and not gate.input_dependent:
+            if gate.position == "dense":
+                attn += h
+            else:
+                heads = (
+                    self.num_key_value_heads
+                    if gate.position in ("value", "key")
+                    else self.num_attention_heads
+                )
+                attn += heads * (1 if gate.granularity == "headwise" else d)
+        attn += d if gate.enabled and gate.transform == "rmsnorm" else 0
+        if self.moe is None:
+            ffn = 3 * h * self.intermediate_size
+        else:
+            m = self.moe
+            ffn = h * m.num_experts + m.num_experts * 3 * h * m.expert_intermediate_size
+            ffn += 3 * h * m.shared_expert_intermediate_size
+        norms = h * (4 if self.sandwich_norm else 2)
+        embed = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
+        return embed + h + layers * (attn + ffn + norms)
+
+    def gate_parameters(self) -> int:
+        """Parameters the gate (or output control) adds over the same config without it."""
+        return self.num_parameters() - self.replace(gate=GateConfig()).num_parameters()
+
+    def _ffn_width(self) -> tuple[str, int]:
+        """The FFN width that parameter matching resizes: ``intermediate_size`` (dense) or
+        ``expert_intermediate_size`` (MoE), as ``(field name, value)``."""
+        if self.moe is None:
+            return "intermediate_size", self.intermediate_size
+        return "expert_intermediate_size", self.moe.expert_intermediate_size
+
+    def _with_ffn_width(self, width: int) -> ModelConfig:
+        if self.moe is None:
+            return self.replace(intermediate_size=width)
+        return self.replace(moe=dataclasses.replace(self.moe, expert_intermediate_size=width))
+
+    def with_equal_params(self) -> ModelConfig:
+        """A copy whose FFN is narrowed so it has as many parameters as the same config without
+        the gate (nearest integer width): the paper's dense 1.7B runs shrink the FFN so gated and
+        baseline models have equal parameter counts.
+
+        Dense models narrow ``intermediate_size``; MoE models narrow every expert's
+        ``expert_intermediate_size``. A config whose gate adds no parameters (or fewer than one
+        unit of FFN width) is returned unchanged; the result is a plain config (nothing to undo).
+        """
+        added = self.gate_parameters()
+        name, width = self._ffn_width()
+        per_unit = self.num_parameters() - self._with_ffn_width(max(width - 1, 1)).num_parameters()
+        shrink = round(added / per_unit) if per_unit > 0 and width > 1 else 0
+        if shrink <= 0:
+            return self
+        if shrink >= width:
+            raise ValueError(
+                f"ModelConfig.{name}={width} is too narrow to absorb the gate's {added:,} "
+                f"parameters ({per_unit:,} per unit of width); widen it or disable equal params."
+            )
+        return self._with_ffn_width(width - shrink)
+
+    def expanded(self, dim: str, params: int) -> ModelConfig:
+        """A copy with ``dim`` grown so the model has about ``params`` more parameters: the
+        parameter-matched baselines of the paper's Table 1 (k=8 KV heads, q=48 query heads,
+        +4 experts), sized here to a given budget (usually the G1 gate's parameters).
+
+        ``dim``: ``kv_heads`` (more KV heads; the count must divide ``num_attention_heads``),
+        ``query_heads`` (more query heads, a multiple of ``num_key_value_heads``; ``head_dim``
+        is kept, so q_proj and o_proj grow) or ``ffn`` (dense: a wider SwiGLU; MoE: more
+        experts of the same width, top-k unchanged). The achievable size nearest to the budget
+        is chosen; at least one step is always added.
+        """
+        _check_choice("ModelConfig.expanded", "dim", dim, EXPANSION_DIMS)
+        if params <= 0:
+            raise ValueError(f"ModelConfig.expanded: params must be > 0, got {params}.")
+        target = self.num_parameters() + params
+        heads, kv = self.num_attention_heads, self.num_key_value_heads
+        if dim == "kv_heads":
+            candidates = [
+                self.replace(num_key_value_heads=k)
+                for k in range(kv + 1, heads + 1)
+                if not heads % k
+            ]
+            if not candidates:
+                raise ValueError(
+                    f"ModelConfig.num_key_value_heads={kv} cannot grow: it already equals "
+                    f"num_attention_heads={heads}. Use dim='query_heads' or 'ffn'."
+                )
+        elif dim == "query_heads":
+            per_head = self.replace(num_attention_heads=heads + kv).num_parameters()
+            steps = max(1, round(params / max(per_head - self.num_parameters(), 1)))
+            candidates = [
+                self.replace(num_attention_heads=heads + kv * n) for n in range(1, steps + 2)
+            ]
+        elif self.moe is None:
+            per_unit = self.replace(intermediate_size=self.intermediate_size + 1).num_parameters()
+            steps = max(1, round(params / (per_unit - self.num_parameters())))
+            return self.replace(intermediate_size=self.intermediate_size + steps)
+        else:
+            m = self.moe
+            one = self.replace(moe=dataclasses.replace(m, num_experts=m.num_experts + 1))
+            steps = max(1, round(params / (one.num_parameters() - self.num_parameters())))
+            return self.replace(moe=dataclasses.replace(m, num_experts=m.num_experts + steps))
+        return min(candidates, key=lambda c: abs(c.num_parameters() - target))
 
     # ----------------------------------------------------------------- (de)serialisation
     def to_dict(self) -> dict[str, Any]:

@@ -19,7 +19,23 @@ def _sinks() -> tuple[Callable, Callable]:
     return sinks.write_report, analyze
 
 
-REPORTS: dict[str, Callable[[], tuple[Callable, Callable]]] = {"sinks": _sinks}
+def _variants() -> tuple[Callable, Callable]:
+    from gated_attention.experiments import variants
+
+    return variants.write_report, variants.analyze
+
+
+def _stability() -> tuple[Callable, Callable]:
+    from gated_attention.experiments import stability
+
+    return stability.write_report, stability.analyze
+
+
+REPORTS: dict[str, Callable[[], tuple[Callable, Callable]]] = {
+    "sinks": _sinks,
+    "variants": _variants,
+    "stability": _stability,
+}
 
 
 def report_writer(name: str) -> tuple[Callable, Callable]:

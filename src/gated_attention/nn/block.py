@@ -1,4 +1,5 @@
-"""Pre-norm decoder block: ``h + attn(norm(h))`` then ``h + ffn(norm(h))``."""
+"""Pre-norm decoder block: ``h + attn(norm(h))`` then ``h + ffn(norm(h))``; with
+``sandwich_norm`` the sublayer outputs are normed too: ``h + norm(attn(norm(h)))``."""
 
 from __future__ import annotations
 
@@ -29,6 +30,15 @@ class DecoderBlock(nn.Module):
             if cfg.moe is not None
             else SwiGLU(cfg.hidden_size, cfg.intermediate_size)
         )
+        # Sandwich norm (Ding et al. 2021; the paper's Table 2 stability baseline): RMSNorm on
+        # each sublayer's output before the residual add bounds what a block can write into the
+        # residual stream. Names follow Gemma/OLMo2's post-sublayer norms.
+        self.post_self_attn_layernorm = (
+            RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, zero) if cfg.sandwich_norm else None
+        )
+        self.post_feedforward_layernorm = (
+            RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, zero) if cfg.sandwich_norm else None
+        )
         self.hook_resid_pre = HookPoint()
         self.hook_attn_out = HookPoint()
         self.hook_mlp_out = HookPoint()
@@ -43,10 +53,15 @@ class DecoderBlock(nn.Module):
         cache: Any | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         h = self.hook_resid_pre(h)
-        h = h + self.hook_attn_out(self.self_attn(self.input_layernorm(h), cos, sin, mask, cache))
+        attn = self.self_attn(self.input_layernorm(h), cos, sin, mask, cache)
+        if self.post_self_attn_layernorm is not None:
+            attn = self.post_self_attn_layernorm(attn)
+        h = h + self.hook_attn_out(attn)
         ffn = self.mlp(self.post_attention_layernorm(h))
         aux = None
         if isinstance(ffn, tuple):
             ffn, aux = ffn
+        if self.post_feedforward_layernorm is not None:
+            ffn = self.post_feedforward_layernorm(ffn)
         h = h + self.hook_mlp_out(ffn)
         return self.hook_resid_post(h), aux
