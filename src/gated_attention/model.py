@@ -22,22 +22,34 @@ from gated_attention.nn.block import DecoderBlock
 from gated_attention.nn.cache import KVCache
 from gated_attention.nn.norm import RMSNorm
 from gated_attention.ops.attention import causal_mask
-from gated_attention.ops.rope import rope_cos_sin, rope_parameters
+from gated_attention.ops.rope import (
+    check_rope_scaling,
+    rope_cos_sin,
+    rope_parameters,
+    rope_type_of,
+)
 
 
 class RotaryEmbedding(nn.Module):
-    """Evaluates RoPE cos/sin tables at given positions (with the config's scaling)."""
+    """Evaluates RoPE cos/sin tables at given positions (with the config's scaling).
+
+    ``cfg.rope_scaling`` (see ``gated_attention.ops.rope``) is validated here; its trained length
+    is ``rope_scaling["original_max_position_embeddings"]`` when given, else
+    ``cfg.max_position_embeddings``. Dynamic NTK recomputes the frequencies from the longest
+    position of each call (plain RoPE up to the trained length); during cached decoding earlier
+    keys keep the frequencies they were rotated with, as in ``transformers``.
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.scaling = check_rope_scaling(cfg.rope_scaling)
         inv_freq, factor = rope_parameters(
-            cfg.rotary_dim, cfg.rope_theta, cfg.rope_scaling, None, cfg.max_position_embeddings
+            cfg.rotary_dim, cfg.rope_theta, self.scaling, None, cfg.max_position_embeddings
         )
         self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
         self.attention_factor = factor
-        scaling = cfg.rope_scaling or {}
-        self.dynamic = scaling.get("rope_type", scaling.get("type")) == "dynamic"
+        self.dynamic = rope_type_of(self.scaling) == "dynamic"
 
     def forward(
         self, positions: torch.Tensor, dtype: torch.dtype
@@ -50,7 +62,7 @@ class RotaryEmbedding(nn.Module):
             inv_freq, _ = rope_parameters(
                 cfg.rotary_dim,
                 cfg.rope_theta,
-                cfg.rope_scaling,
+                self.scaling,
                 int(positions.max()) + 1,
                 cfg.max_position_embeddings,
             )
@@ -140,7 +152,8 @@ class GatedLM(nn.Module):
         Args:
             labels: ``(B, T)`` token ids in Hugging Face convention (shifted inside: position
                 ``t`` predicts ``labels[t + 1]``; ``-100`` is ignored).
-            past_key_values: a cache from a previous call (or a fresh ``KVCache``).
+            past_key_values: a cache from a previous call (or a fresh ``KVCache``, possibly
+                windowed: then each query attends only to its window and the sink tokens).
             use_cache: create a ``KVCache`` when none is given and return it.
             attention_mask: ``(B, S)`` 1 for real tokens, 0 for padding, over cached + new
                 tokens (Hugging Face convention).
@@ -160,7 +173,16 @@ class GatedLM(nn.Module):
                 start = cache.get_position(0) if isinstance(cache, KVCache) else past
                 position_ids = torch.arange(start, start + T, device=input_ids.device)[None]
                 position_ids = position_ids.expand(B, T)
-        mask = causal_mask(T, past + T, attention_mask, device=input_ids.device)
+        if isinstance(cache, KVCache) and cache.windowed:
+            # StreamingLLM window: each query sees its own window of the kept cache.
+            if attention_mask is not None:
+                raise ValueError(
+                    "attention_mask (padding) cannot be combined with a windowed KVCache "
+                    f"(window={cache.window}); feed unpadded sequences"
+                )
+            mask = cache.attention_mask(T, device=input_ids.device)
+        else:
+            mask = causal_mask(T, past + T, attention_mask, device=input_ids.device)
         h = self.embed_tokens(input_ids)
         cos, sin = self.rotary(position_ids, h.dtype)
         aux_total = None

@@ -43,6 +43,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 DATA_KINDS = ("corpus", "backcopy", "files")
+RETRIEVAL_TASKS = ("passkey", "recall")
 SCHEDULES = ("cosine", "wsd", "constant")
 DTYPES = ("float32", "bfloat16")
 STRATEGIES = ("none", "ddp", "fsdp")
@@ -96,6 +97,11 @@ class DataConfig:
     """backcopy: how many trigger tokens."""
     task_seed: int = 1234
     """backcopy: seed of the bigram chain (fixed across arms so they learn the same task)."""
+    retrieval_mix: float = 0.0
+    """Share of training sequences replaced by synthetic retrieval examples at the training
+    length (``gated_attention.evals.retrieval``); deterministic per (seed, step). 0 disables."""
+    retrieval_task: str = "passkey"
+    """``passkey`` (passkey retrieval) or ``recall`` (multi-query associative recall)."""
 
     def __post_init__(self) -> None:
         _choice("data.kind", self.kind, DATA_KINDS)
@@ -103,6 +109,10 @@ class DataConfig:
         _positive("data.vocab_size", self.vocab_size)
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}.")
+        mix = self.retrieval_mix
+        if isinstance(mix, bool) or not isinstance(mix, (int, float)) or not 0.0 <= mix <= 1.0:
+            raise ValueError(f"data.retrieval_mix must be in [0, 1], got {self.retrieval_mix}.")
+        _choice("data.retrieval_task", self.retrieval_task, RETRIEVAL_TASKS)
         if self.kind == "files" and not self.path:
             raise ValueError('data.kind = "files" needs data.path (text, JSONL or a directory).')
 

@@ -44,13 +44,14 @@ def build_data(cfg: DataConfig) -> RunData:
             seq_len=cfg.seq_len,
             seed=cfg.task_seed,
         )
-        return RunData(
+        data = RunData(
             train=task,
             val=task.split("val") if hasattr(task, "split") else task,
             vocab_size=cfg.vocab_size,
             info={"kind": "backcopy", "task": _public(task)},
             task=task,
         )
+        return _mix_retrieval(data, cfg, bos_id=task.bos_id)
     from gated_attention.data import PackedTokenDataset, load_tokenizer, prepare_data
 
     documents = cfg.path if cfg.kind == "files" else None
@@ -66,7 +67,7 @@ def build_data(cfg: DataConfig) -> RunData:
     common = dict(seq_len=cfg.seq_len, val_fraction=cfg.val_fraction, bos_id=bos)
     train = PackedTokenDataset(prepared.tokens_path, split="train", **common)
     val = PackedTokenDataset(prepared.tokens_path, split="val", **common)
-    return RunData(
+    data = RunData(
         train=train,
         val=val,
         vocab_size=len(tokenizer),
@@ -80,6 +81,26 @@ def build_data(cfg: DataConfig) -> RunData:
         },
         tokenizer_path=Path(prepared.tokenizer_path),
     )
+    return _mix_retrieval(data, cfg, bos_id=bos)
+
+
+def _mix_retrieval(data: RunData, cfg: DataConfig, bos_id: int | None) -> RunData:
+    """Wrap the training source (only) with retrieval examples when ``data.retrieval_mix > 0``;
+    validation stays the plain corpus."""
+    if cfg.retrieval_mix <= 0:
+        return data
+    from gated_attention.evals.retrieval import with_retrieval_mix
+
+    data.train, info = with_retrieval_mix(
+        data.train,
+        cfg.retrieval_task,
+        cfg.retrieval_mix,
+        data.vocab_size,
+        data.tokenizer_path,
+        bos_id,
+    )
+    data.info["retrieval_mix"] = info
+    return data
 
 
 def _public(obj: Any) -> dict[str, Any]:

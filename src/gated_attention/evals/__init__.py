@@ -1,0 +1,91 @@
+"""Long-context evaluation: RoPE scaling, perplexity vs length, retrieval and streaming.
+
+* :mod:`.scaling`: :func:`scaling_config`, :func:`with_rope_scaling` (evaluation-time context
+  extension sharing the weights), :func:`load_model_with` (a checkpoint in a config that differs
+  in RoPE fields), :func:`continue_training` (longer length / larger base from a trained run).
+* :mod:`.streams`: evaluation token streams and :func:`windows` (same tokens at every length).
+* :mod:`.perplexity`: :func:`perplexity_at_lengths`, per-position loss, streamed F-Attn.
+* :mod:`.retrieval`: passkey and associative-recall generators, exact-match scoring and the
+  training mix (:class:`RetrievalMixSource`, ``data.retrieval_mix``).
+* :mod:`.streaming`: the StreamingLLM windowed-cache test.
+* :mod:`.long_context`: :func:`run_long_context_study` and
+  :func:`train_and_evaluate_long_context`.
+
+Command line: ``gated-attention eval RUN --kind ppl|passkey|recall|streaming|study``.
+"""
+
+from gated_attention.evals.long_context import (
+    DEFAULT_ARMS,
+    SCALES,
+    run_long_context_study,
+    train_and_evaluate_long_context,
+)
+from gated_attention.evals.perplexity import (
+    first_token_mass_long,
+    perplexity_at_lengths,
+    token_losses,
+)
+from gated_attention.evals.report import PAPER_TABLE5
+from gated_attention.evals.retrieval import (
+    DEFAULT_DEPTHS,
+    RETRIEVAL_TASKS,
+    AssociativeRecallTask,
+    PasskeyTask,
+    RetrievalBatch,
+    RetrievalMixSource,
+    RetrievalVocab,
+    evaluate_retrieval,
+    make_batch,
+    make_task,
+    pattern_filler,
+    retrieval_vocab,
+    score_batch,
+)
+from gated_attention.evals.scaling import (
+    ROPE_FIELDS,
+    SCALING_MODES,
+    continue_training,
+    load_model_with,
+    scaling_config,
+    with_rope_config,
+    with_rope_scaling,
+)
+from gated_attention.evals.streaming import streaming_perplexity, windowed_token_losses
+from gated_attention.evals.streams import TokenStream, run_stream, stream_from_dataset, windows
+
+__all__ = [
+    "DEFAULT_ARMS",
+    "DEFAULT_DEPTHS",
+    "PAPER_TABLE5",
+    "RETRIEVAL_TASKS",
+    "ROPE_FIELDS",
+    "SCALES",
+    "SCALING_MODES",
+    "AssociativeRecallTask",
+    "PasskeyTask",
+    "RetrievalBatch",
+    "RetrievalMixSource",
+    "RetrievalVocab",
+    "TokenStream",
+    "continue_training",
+    "evaluate_retrieval",
+    "first_token_mass_long",
+    "load_model_with",
+    "make_batch",
+    "make_task",
+    "pattern_filler",
+    "perplexity_at_lengths",
+    "retrieval_vocab",
+    "run_long_context_study",
+    "run_stream",
+    "scaling_config",
+    "score_batch",
+    "stream_from_dataset",
+    "streaming_perplexity",
+    "token_losses",
+    "train_and_evaluate_long_context",
+    "windowed_token_losses",
+    "windows",
+    "with_rope_config",
+    "with_rope_scaling",
+]
