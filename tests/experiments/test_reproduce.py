@@ -160,3 +160,27 @@ def test_analyze_command_on_a_local_hf_model(tmp_path):
     data = json.loads((tmp_path / "out" / "analysis.json").read_text())
     assert data["n_layers"] == 2 and data["gates"] is None
     assert abs(data["first_token_mass"]["floor"] - sum(1 / t for t in range(1, 33)) / 32) < 1e-9
+
+
+def test_long_context_study_runs_at_smoke_scale(tmp_path):
+    out = tmp_path / "lc"
+    assert (
+        main(
+            [
+                "reproduce",
+                "--study",
+                "long-context",
+                "--scale",
+                "smoke",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    report = (out / "report.md").read_text()
+    assert "## Provenance" in report and "yarn" in report.lower()
+    results = json.loads((out / "results.json").read_text())
+    assert {r["status"] for r in results["runs"]} == {"ok"}
+    assert (out / "ppl_vs_length.png").stat().st_size > 1000

@@ -31,10 +31,17 @@ def _stability() -> tuple[Callable, Callable]:
     return stability.write_report, stability.analyze
 
 
+def _long_context() -> tuple[Callable, Callable]:
+    from gated_attention.experiments import long_context
+
+    return long_context.write_report, long_context.analyze
+
+
 REPORTS: dict[str, Callable[[], tuple[Callable, Callable]]] = {
     "sinks": _sinks,
     "variants": _variants,
     "stability": _stability,
+    "long-context": _long_context,
 }
 
 
