@@ -93,6 +93,39 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -10
     )
 
 
+def positions_and_mask(
+    batch: int,
+    seq: int,
+    cache: Any | None,
+    attention_mask: torch.Tensor | None,
+    position_ids: torch.Tensor | None,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Positions ``(B, T)`` and the boolean attention mask ``(B | 1, 1, T, S)`` (or ``None``) for
+    ``seq`` new tokens, shared by :class:`GatedLM` and the ``transformers`` wrapper.
+
+    Positions come from ``position_ids`` when given, else from the padding mask (left padding
+    starts each row at 0), else continue the cache. A windowed :class:`KVCache` supplies its own
+    StreamingLLM mask (each query sees its window and the sink tokens).
+    """
+    past = cache.get_seq_length(0) if cache is not None else 0
+    if position_ids is None:
+        if attention_mask is not None:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -seq:]
+        else:
+            start = cache.get_position(0) if isinstance(cache, KVCache) else past
+            position_ids = torch.arange(start, start + seq, device=device)[None]
+            position_ids = position_ids.expand(batch, seq)
+    if isinstance(cache, KVCache) and cache.windowed:
+        if attention_mask is not None:
+            raise ValueError(
+                "attention_mask (padding) cannot be combined with a windowed KVCache "
+                f"(window={cache.window}); feed unpadded sequences"
+            )
+        return position_ids, cache.attention_mask(seq, device=device)
+    return position_ids, causal_mask(seq, past + seq, attention_mask, device=device)
+
+
 class GatedLM(nn.Module):
     """A Qwen3-style causal LM whose attention is gated as ``cfg.gate`` says.
 
@@ -165,24 +198,9 @@ class GatedLM(nn.Module):
         cache = past_key_values
         if cache is None and use_cache:
             cache = KVCache()
-        past = cache.get_seq_length(0) if cache is not None else 0
-        if position_ids is None:
-            if attention_mask is not None:
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
-            else:
-                start = cache.get_position(0) if isinstance(cache, KVCache) else past
-                position_ids = torch.arange(start, start + T, device=input_ids.device)[None]
-                position_ids = position_ids.expand(B, T)
-        if isinstance(cache, KVCache) and cache.windowed:
-            # StreamingLLM window: each query sees its own window of the kept cache.
-            if attention_mask is not None:
-                raise ValueError(
-                    "attention_mask (padding) cannot be combined with a windowed KVCache "
-                    f"(window={cache.window}); feed unpadded sequences"
-                )
-            mask = cache.attention_mask(T, device=input_ids.device)
-        else:
-            mask = causal_mask(T, past + T, attention_mask, device=input_ids.device)
+        position_ids, mask = positions_and_mask(
+            B, T, cache, attention_mask, position_ids, input_ids.device
+        )
         h = self.embed_tokens(input_ids)
         cos, sin = self.rotary(position_ids, h.dtype)
         aux_total = None

@@ -34,14 +34,12 @@ from transformers.modeling_utils import slice_logits_to_keep
 from transformers.utils import can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
 
-from gated_attention.model import GatedLM, RotaryEmbedding
+from gated_attention.model import GatedLM, RotaryEmbedding, positions_and_mask
 from gated_attention.nn.attention import GatedAttention
 from gated_attention.nn.block import DecoderBlock
-from gated_attention.nn.cache import KVCache
 from gated_attention.nn.norm import RMSNorm
 from gated_attention.ops.attention import (
     attention_probabilities,
-    causal_mask,
     register_attention_backend,
 )
 
@@ -207,22 +205,7 @@ class GatedAttentionModel(GatedAttentionPreTrainedModel):
         (left padding starts each row at 0), else continuing the cache; a windowed ``KVCache``
         supplies its own StreamingLLM mask."""
         device = self.embed_tokens.weight.device
-        past = cache.get_seq_length() if cache is not None else 0
-        if position_ids is None:
-            if attention_mask is not None:
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -seq:]
-            else:
-                start = cache.get_position(0) if isinstance(cache, KVCache) else past
-                position_ids = torch.arange(start, start + seq, device=device)[None]
-                position_ids = position_ids.expand(batch, seq)
-        if isinstance(cache, KVCache) and cache.windowed:
-            if attention_mask is not None:
-                raise ValueError(
-                    "attention_mask (padding) cannot be combined with a windowed KVCache "
-                    f"(window={cache.window}); feed unpadded sequences."
-                )
-            return position_ids, cache.attention_mask(seq, device=device)
-        return position_ids, causal_mask(seq, past + seq, attention_mask, device=device)
+        return positions_and_mask(batch, seq, cache, attention_mask, position_ids, device)
 
     def _attention_backend(self, output_attentions: bool) -> str | None:
         if output_attentions:
