@@ -149,10 +149,11 @@ def verdicts(study: Study, agg: dict, baseline: str = "baseline") -> list[str]:
                 )
             m_arm, m_base = _m(agg, task, arm, "m_act"), _m(agg, task, baseline, "m_act")
             if m_arm is not None and m_base:
-                parts.append(
-                    f"M-Act {fmt(m_arm)} vs {fmt(m_base)} ({m_base / max(m_arm, 1e-9):.1f}x "
-                    f"{'smaller' if m_arm < m_base else 'LARGER'})"
-                )
+                if m_arm < m_base:
+                    change = f"{m_base / max(m_arm, 1e-9):.1f}x smaller"
+                else:
+                    change = f"{m_arm / m_base:.2f}x the baseline's: not smaller"
+                parts.append(f"M-Act {fmt(m_arm)} vs {fmt(m_base)} ({change})")
             diff, real, how = effect(
                 _values(agg, task, baseline, "val_loss"), _values(agg, task, arm, "val_loss")
             )
@@ -310,8 +311,9 @@ def _plots(study: Study, records: list[RunRecord], out_dir: Path) -> dict[str, l
 
 def _backcopy_table(study: Study, records: list[RunRecord], task: str) -> list[str]:
     rows = [
-        "| arm | layer | BOS attn (trigger q) | BOS attn (other q) | gate (trigger q) | gate (other q) |",
-        "|---|---|---|---|---|---|",
+        "| arm | layer | BOS attn (trigger q) | BOS attn (other q) | gate (trigger q) "
+        "| gate (other q) | gate-weighted BOS attn (other q) |",
+        "|---|---|---|---|---|---|---|",
     ]
     seen = set()
     for rec in records:
