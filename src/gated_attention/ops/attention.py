@@ -4,11 +4,18 @@ All functions take ``(batch, seq, heads, head_dim)`` tensors: queries ``(B, T, H
 values ``(B, S, K, D)`` with ``H`` a multiple of ``K`` (query head ``h`` reads KV head
 ``h // (H // K)``). Backends:
 
-- ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` (fused kernels, the fast path);
-- ``eager``: explicit matmul + normaliser, which can also return the probabilities and accepts
-  other normalisers than softmax (registered in ``NORMALIZERS``).
+- ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` (fused kernels);
+- ``sdpa_fp32``: SDPA computed in float32 for reduced-precision inputs, output in the compute
+  dtype. On CPU the bf16 flash kernel (mostly its backward) is about 2x slower than the float32
+  one at short lengths (``benchmarks/run.py``, section "attention backends");
+- ``matmul``: explicit batched matmuls in the compute dtype with a float32-internal softmax
+  (``transformers``' eager numerics): the fastest CPU bf16 path at short lengths, but logits
+  rounded to bf16, so not chosen automatically;
+- ``eager``: the readable path (matmul + normaliser), which can also return the probabilities
+  and accepts other normalisers than softmax (registered in ``NORMALIZERS``).
 
-The gate is not applied here: it runs on the output, whichever backend produced it.
+``auto`` resolves per call with :func:`select_backend` (device, compute dtype, lengths). The
+gate is not applied here: it runs on the output, whichever backend produced it.
 """
 
 from __future__ import annotations
@@ -98,6 +105,27 @@ def _sdpa(
     return out.transpose(1, 2)
 
 
+def _sdpa_fp32(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    causal: bool,
+    scale: float,
+) -> torch.Tensor:
+    """SDPA computed in float32 for reduced-precision inputs, output in the compute dtype.
+
+    On CPU the float32 flash kernel is faster than the bf16 one (mostly in the backward) and
+    at least as accurate. Under autocast q and k usually arrive in float32 already (the QK-norm
+    computes in float32), so only ``v`` is upcast.
+    """
+    low = compute_dtype(q)
+    work = torch.float64 if q.dtype == torch.float64 else torch.float32
+    with torch.autocast(q.device.type, enabled=False):
+        out = _sdpa(q.to(work), k.to(work), v.to(work), mask, causal, scale)
+    return out.to(low)
+
+
 def attention_probabilities(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -144,10 +172,76 @@ def _eager(
     return out.reshape(B, H, T, D).transpose(1, 2)
 
 
+def _additive_bias(
+    mask: torch.Tensor | None,
+    causal: bool,
+    T: int,
+    S: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> torch.Tensor | None:
+    """Logit bias (0 where attending, ``-inf`` elsewhere) ``(B | 1, 1, T, S)``, or ``None``
+    when every query sees every key."""
+    if mask is not None:
+        bias = torch.zeros(mask.shape, device=device, dtype=dtype)
+        return bias.masked_fill_(~mask, float("-inf"))
+    if causal and T > 1:
+        # Bottom-right aligned: query t sits at absolute position S - T + t.
+        bias = torch.full((T, S), float("-inf"), device=device, dtype=dtype)
+        return bias.triu_(S - T + 1)[None, None]
+    return None
+
+
+def _matmul(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    causal: bool,
+    scale: float,
+) -> torch.Tensor:
+    """Explicit attention with every matmul in the compute dtype (bf16 under bf16 autocast) and
+    the softmax computed in float32 internally, as ``transformers``' eager attention does.
+
+    Precision: logits are rounded to the compute dtype once (bf16: relative 2^-9), so the
+    error grows with the logit magnitude; with QK-norm logits stay within a few units and the
+    error is of the order of SDPA's (``tests/ops/test_backends.py`` bounds both against a
+    float64 reference). GQA without copying K/V per query head: the ``g = H // K`` query heads
+    of a KV head are stacked along the query axis, so each KV head is one ``(g*T, D) @ (D, S)``
+    product, with the scale and the mask fused into it (``baddbmm``).
+    """
+    B, T, H, D = q.shape
+    S, K = k.shape[1], k.shape[2]
+    g = H // K
+    low = compute_dtype(q)
+    bias = _additive_bias(mask, causal, T, S, q.device, low)
+    # The dtypes are explicit here; autocast would only add casts of the same tensors.
+    with torch.autocast(q.device.type, enabled=False):
+        qg = q.transpose(1, 2).reshape(B * K, g * T, D).to(low)
+        kt = k.transpose(1, 2).reshape(B * K, S, D).to(low).transpose(1, 2)
+        if bias is None:
+            scores = torch.bmm(qg, kt).mul_(scale)
+        else:
+            if bias.shape[0] == 1:
+                # One (T, S) bias for every batch row and head: repeat it per stacked head.
+                bias = bias[0, 0].repeat(g, 1)
+            else:
+                bias = bias[:, :, None].expand(B, K, g, T, S).reshape(B * K, g * T, S)
+            scores = torch.baddbmm(bias, qg, kt, alpha=scale)
+        probs = torch.softmax(scores, dim=-1)
+        out = torch.bmm(probs, v.transpose(1, 2).reshape(B * K, S, D).to(low))
+    return out.view(B, H, T, D).transpose(1, 2)
+
+
 Backend = Callable[
     [torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None", bool, float], torch.Tensor
 ]
-_BACKENDS: dict[str, Backend] = {"sdpa": _sdpa, "eager": _eager}
+_BACKENDS: dict[str, Backend] = {
+    "sdpa": _sdpa,
+    "sdpa_fp32": _sdpa_fp32,
+    "matmul": _matmul,
+    "eager": _eager,
+}
 
 
 def register_attention_backend(name: str, fn: Backend) -> None:
@@ -159,9 +253,42 @@ def attention_backends() -> list[str]:
     return ["auto", *_BACKENDS]
 
 
-def select_backend(q: torch.Tensor) -> str:
-    """The backend ``auto`` resolves to for these inputs."""
-    return "sdpa"
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype matmuls on ``x`` run in: the autocast dtype when autocast is on for its device
+    (inputs may still be float32, e.g. after a float32 norm), else ``x.dtype``."""
+    device = x.device.type
+    if x.is_floating_point() and x.dtype != torch.float64 and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return x.dtype
+
+
+SDPA_FP32_MAX_KEYS_CPU = 512
+"""Longest key length at which ``auto`` runs reduced-precision CPU attention as float32 SDPA.
+
+Measured (``benchmarks/run.py``, "attention backends"; fwd+bwd, head_dim 32, GQA 2, bf16
+autocast): the float32 flash kernel is about 2x faster than the bf16 one up to 256 keys and
+level at 512; from about 1024 keys on the bf16 kernel is as fast or faster and moves half the
+bytes."""
+
+
+def select_backend(
+    q: torch.Tensor, k: torch.Tensor | None = None, mask: torch.Tensor | None = None
+) -> str:
+    """The backend ``auto`` resolves to for queries ``q`` ``(B, T, H, D)`` and keys ``k``
+    ``(B, S, K, D)`` (``mask`` is accepted for backends that would depend on it).
+
+    ``sdpa`` everywhere except reduced-precision (bf16/fp16, or autocast to them) CPU
+    attention over at most :data:`SDPA_FP32_MAX_KEYS_CPU` keys, which runs ``sdpa_fp32``:
+    faster there and at least as accurate. A single query (cached decoding) stays on ``sdpa``.
+    The faster-still ``matmul`` path is not chosen automatically: it rounds logits to bf16,
+    several times SDPA's error at logits of a few units.
+    """
+    if q.device.type != "cpu" or q.shape[1] == 1:
+        return "sdpa"
+    if compute_dtype(q) not in (torch.bfloat16, torch.float16):
+        return "sdpa"
+    keys = k.shape[1] if k is not None else q.shape[1]
+    return "sdpa_fp32" if keys <= SDPA_FP32_MAX_KEYS_CPU else "sdpa"
 
 
 def attention(
@@ -188,7 +315,7 @@ def attention(
     if mask is None and causal and q.shape[1] != k.shape[1] and q.shape[1] > 1:
         mask = causal_mask(q.shape[1], k.shape[1], device=q.device)
     if backend == "auto":
-        backend = select_backend(q)
+        backend = select_backend(q, k, mask)
     if backend not in _BACKENDS:
         raise ValueError(
             f"unknown attention backend {backend!r}; available: {', '.join(attention_backends())}"

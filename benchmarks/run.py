@@ -1,0 +1,893 @@
+"""Performance suite: gate overhead, ours vs ``transformers``, training memory, attention backends.
+
+    python benchmarks/run.py [--quick] [--device cpu|cuda] [--threads N] [--budget SECONDS]
+                             [--only backends memory gates hf] [--no-save]
+
+Every timing is the median of several repetitions after warm-up, measured in one process with
+the compared cases interleaved (one call of each case per round, the starting case rotating), so
+machine drift and background load affect all cases alike; ratios are of medians. Each section
+declares its cases in a registry and checks them against a reference before timing them (the
+correctness gate, ``STYLE.md`` rule 14): a case whose check fails is reported as ``FAIL`` and not
+timed, so no speed-up is ever shown for a wrong path.
+
+Sections:
+
+``backends``  attention backends (``ops.attention``) fwd+bwd over T = 128..2048 in fp32 and bf16,
+              each first checked against a float64 reference (forward and gradients, T = 63);
+``memory``    training-step memory, gated vs ungated: saved-for-backward bytes (counted with
+              ``torch.autograd.graph.saved_tensors_hooks``) plus parameter, gradient and AdamW
+              bytes (on CUDA ``torch.cuda.max_memory_allocated``), and the bytes the gate itself
+              saves;
+``gates``     training step (fwd+bwd+AdamW) and forward-only time of every named gate variant
+              over ``none``, eager and ``torch.compile``, fp32 and bf16 autocast, beside the
+              variant's analytic extra-FLOPs share;
+``hf``        training and generation tokens/s of our model against ``transformers``'
+              ``Qwen3ForCausalLM`` (gate none) and ``Qwen3NextForCausalLM`` (all full attention,
+              dense MLP, elementwise output gate), built with identical weights by
+              ``gated_attention.hf.convert``.
+
+The compact ratio table is printed last; the full tables, the machine (platform, cores, torch
+threads) and library versions are appended to ``benchmarks/RESULTS.md``. ``--quick`` runs fewer
+lengths and variants and keeps to a time budget (skipped work is listed, never silently
+dropped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import logging
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gated_attention import GateConfig, GatedLM, ModelConfig, lm_loss
+from gated_attention.generation import generate as fast_generate
+from gated_attention.ops.attention import attention, select_backend
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+DTYPES = ("float32", "bfloat16")
+HEADLINE_GATES = ("none", "sdpa-elementwise", "sdpa-headwise")
+
+
+# ---------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class Shape:
+    """A training shape: the ``small`` preset at ``batch`` x ``seq`` tokens."""
+
+    name: str
+    batch: int
+    seq: int
+
+
+SMALL = Shape("small", 4, 128)
+CPU_SMALL = Shape("cpu-small", 16, 128)  # configs/cpu-small.toml: preset small, 16 x 128, bf16
+
+
+@dataclass
+class Settings:
+    """What one run measures; ``--quick`` shrinks it."""
+
+    device: torch.device
+    quick: bool
+    warmup: int
+    reps: int
+    lengths: tuple[int, ...]
+    gen_tokens: int
+    compile_gates: tuple[str, ...] | None  # None: every variant
+    compile_dtypes: tuple[str, ...]
+    cpu_small_gates: tuple[str, ...] | None  # None: every variant
+    budget: Budget
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Settings:
+        device = torch.device(args.device)
+        quick = args.quick
+        budget = args.budget if args.budget is not None else (270.0 if quick else None)
+        return cls(
+            device=device,
+            quick=quick,
+            warmup=1 if quick else 2,
+            reps=7 if quick else 11,
+            lengths=(128, 256, 512) if quick else (128, 256, 512, 1024, 2048),
+            gen_tokens=32 if quick else 128,
+            compile_gates=HEADLINE_GATES if quick else None,
+            # Quick runs compile the dtype cpu-small trains in; each compile costs ~30 s cold.
+            compile_dtypes=("bfloat16",) if quick else DTYPES,
+            cpu_small_gates=HEADLINE_GATES if quick else None,
+            budget=Budget(budget),
+        )
+
+
+class Budget:
+    """A wall-clock allowance; optional work asks :meth:`allows` before it starts."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self.start = time.perf_counter()
+        self.skipped: list[str] = []
+
+    def left(self) -> float:
+        if self.seconds is None:
+            return math.inf
+        return self.seconds - (time.perf_counter() - self.start)
+
+    def allows(self, cost: float, what: str) -> bool:
+        """True if ``cost`` seconds still fit; otherwise record ``what`` as skipped."""
+        if self.left() >= cost:
+            return True
+        self.skipped.append(what)
+        return False
+
+
+# ---------------------------------------------------------------------- timing
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(
+    cases: dict[str, Callable[[], Any]], warmup: int, reps: int, device: torch.device
+) -> dict[str, list[float]]:
+    """Seconds per call of each case: ``warmup`` untimed rounds, then ``reps`` timed rounds of
+    one call per case, the starting case rotating every round (so no case always runs first)."""
+    for _ in range(warmup):
+        for fn in cases.values():
+            fn()
+    names = list(cases)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(reps):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            synchronize(device)
+            t0 = time.perf_counter()
+            cases[name]()
+            synchronize(device)
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def median(ts: list[float]) -> float:
+    return statistics.median(ts)
+
+
+def autocast(dtype: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast as the trainer runs it (weights and optimizer stay float32)."""
+    if dtype == "bfloat16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# ---------------------------------------------------------------------- report
+@dataclass
+class Report:
+    """Tables (markdown) for RESULTS.md and the compact ratio table printed last."""
+
+    sections: list[tuple[str, list[str]]] = field(default_factory=list)
+    ratios: list[list[str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def table(self, title: str, header: list[str], rows: list[list[Any]], note: str = "") -> None:
+        lines = _markdown(header, rows)
+        if note:
+            lines += ["", note]
+        self.sections.append((title, lines))
+        print(f"\n## {title}")
+        print("\n".join(lines), flush=True)
+
+    def ratio(
+        self, what: str, value: float, detail: str = "", goal: str = "", met: bool | None = None
+    ) -> None:
+        """One line of the final table: a ratio, what it compares, and a goal verdict."""
+        verdict = "" if met is None else ("met" if met else "NOT met")
+        self.ratios.append([what, f"{value:.3f}", detail, goal, verdict])
+
+    def summary(self) -> list[str]:
+        lines = _markdown(["measurement", "ratio", "detail", "goal", "verdict"], self.ratios)
+        return lines + (["", *self.notes] if self.notes else [])
+
+
+def _markdown(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+
+
+def _fmt(x: Any) -> str:
+    if isinstance(x, float):
+        if x == 0 or 1e-3 <= abs(x) < 1e5:
+            return f"{x:.3f}" if abs(x) < 10 else f"{x:.1f}"
+        return f"{x:.2e}"
+    return str(x)
+
+
+# ---------------------------------------------------------------------- models
+def build(gate: str, device: torch.device, **overrides: Any) -> GatedLM:
+    torch.manual_seed(0)
+    return GatedLM(ModelConfig.from_preset("small", gate=gate, **overrides)).to(device)
+
+
+def batch_for(shape: Shape, vocab: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (shape.batch, shape.seq + 1), generator=gen).to(device)
+    return ids[:, :-1], ids[:, 1:]
+
+
+def logits_of(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model(x).logits
+
+
+def train_step(
+    model: torch.nn.Module,
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    dtype: str,
+) -> Callable[[], None]:
+    """One trainer step (forward under autocast, ``lm_loss``, backward, AdamW)."""
+
+    def step() -> None:
+        with autocast(dtype, x.device):
+            loss = lm_loss(forward(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def forward_only(
+    forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, dtype: str
+) -> Callable[[], None]:
+    def run() -> None:
+        with torch.no_grad(), autocast(dtype, x.device):
+            forward(x)
+
+    return run
+
+
+def matmul_flops_per_token(cfg: ModelConfig, seq: int) -> tuple[float, float]:
+    """Forward matmul FLOPs per token of a dense model ``(total, gate projection)``.
+
+    Projections ``2 * in * out``; attention ``2 * 2 * H * D`` per visible key (logits and
+    probabilities @ values), ``(seq + 1) / 2`` keys on average under the causal mask; LM head
+    ``2 * hidden * vocab``. Elementwise work (norms, RoPE, the gate's sigmoid and product) is
+    left out on purpose: a measured overhead above this share is that work.
+    """
+    h = cfg.hidden_size
+    qkv = cfg.q_size + 2 * cfg.kv_size + cfg.gate_size
+    layer = 2 * h * qkv + 2 * cfg.q_size * h + 2 * 3 * h * cfg.intermediate_size
+    layer += 4 * cfg.num_attention_heads * cfg.head_dim * (seq + 1) / 2
+    total = cfg.num_hidden_layers * layer + 2 * h * cfg.vocab_size
+    gate = cfg.num_hidden_layers * 2 * h * cfg.gate_size
+    return float(total), float(gate)
+
+
+# ---------------------------------------------------------------------- section: backends
+BACKENDS = ("sdpa", "sdpa_fp32", "matmul", "eager")
+"""Attention backends benchmarked (``ops.attention``; ``auto`` is shown as its choice)."""
+
+BACKEND_TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2}
+"""Largest max-abs error, relative to the output's / gradient's largest magnitude, that passes
+the correctness gate (the unit tests in ``tests/ops/test_backends.py`` are stricter)."""
+
+
+def _attention_inputs(
+    B: int, T: int, H: int, K: int, D: int, device: torch.device, dtype: torch.dtype, seed: int
+) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(B, T, H, D), (B, T, K, D), (B, T, K, D)]
+    return [torch.randn(s, generator=gen, dtype=torch.float64).to(device, dtype) for s in shapes]
+
+
+def backend_error(backend: str, dtype: str, device: torch.device) -> float:
+    """Worst relative error of output and q/k/v gradients against float64 (T = 63, GQA 3:1)."""
+    ref_in = _attention_inputs(2, 63, 6, 2, 16, device, torch.float64, 1)
+    ref_in = [t.requires_grad_() for t in ref_in]
+    grad_out = torch.randn(2, 63, 6, 16, dtype=torch.float64, device=device)
+    ref = attention(*ref_in, backend="eager")
+    ref_grads = torch.autograd.grad(ref, ref_in, grad_out)
+    low = getattr(torch, dtype)
+    ins = [t.detach().to(low).requires_grad_() for t in ref_in]
+    with autocast(dtype, device):
+        out = attention(*ins, backend=backend)
+    grads = torch.autograd.grad(out, ins, grad_out.to(out.dtype))
+    errs = [
+        float((a.detach().double() - b.detach()).abs().max() / b.detach().abs().max())
+        for a, b in zip((out, *grads), (ref, *ref_grads))
+    ]
+    return max(errs)
+
+
+def section_backends(s: Settings, report: Report) -> None:
+    H, K, D = 4, 2, 32  # the small preset's heads
+    rows: list[list[Any]] = []
+    best: dict[tuple[str, int], tuple[str, float, str, float]] = {}
+    for dtype in DTYPES:
+        ok = {}
+        # On float32 inputs sdpa_fp32 is sdpa (no casts): timed in bf16 only.
+        backends = [b for b in BACKENDS if not (dtype == "float32" and b == "sdpa_fp32")]
+        for b in backends:
+            err = backend_error(b, dtype, s.device)
+            ok[b] = err <= BACKEND_TOLERANCE[dtype]
+            rows.append([dtype, "check T=63", b, f"err {err:.1e}", "ok" if ok[b] else "FAIL"])
+        for T in s.lengths:
+            if not s.budget.allows(5, f"backends {dtype} T={T}"):
+                continue
+            B = max(1, 2048 // T)
+            low = getattr(torch, dtype)
+            q, k, v = (
+                t.requires_grad_() for t in _attention_inputs(B, T, H, K, D, s.device, low, 0)
+            )
+            g = torch.randn_like(q)
+
+            def run(name: str, q=q, k=k, v=v, g=g, dtype=dtype) -> Callable[[], None]:
+                def fn() -> None:
+                    with autocast(dtype, s.device):
+                        out = attention(q, k, v, backend=name)
+                    out.backward(g.to(out.dtype))
+
+                return fn
+
+            # eager materialises fp32 (T, T) probabilities and masks them: skip its slowest cases
+            names = [b for b in backends if ok[b] and not (b == "eager" and T > 1024)]
+            # milliseconds per call: three times the repetitions cost a few seconds
+            times = interleaved({b: run(b) for b in names}, s.warmup, 3 * s.reps, s.device)
+            with autocast(dtype, s.device):
+                auto = select_backend(q, k)
+            base = median(times["sdpa"])
+            for b in names:
+                rows.append([dtype, T, b, median(times[b]) * 1e3, base / median(times[b])])
+            fastest = min(names, key=lambda b: median(times[b]))
+            if auto in times:
+                chosen = base / median(times[auto])
+                best[(dtype, T)] = (auto, chosen, fastest, base / median(times[fastest]))
+                rows.append([dtype, T, f"auto -> {auto}", "", chosen])
+            else:
+                rows.append([dtype, T, f"auto -> {auto}", "", "FAIL (not timed)"])
+    report.table(
+        f"Attention backends, fwd+bwd, {2048} tokens (B = 2048 / T), H={H} K={K} D={D}",
+        ["dtype", "T", "backend", "ms", "speed-up vs sdpa"],
+        rows,
+        "bf16 runs under autocast with bf16 inputs. `check` rows: largest relative error of "
+        "output and q/k/v gradients against float64 (gate: "
+        + ", ".join(f"{k} <= {v}" for k, v in BACKEND_TOLERANCE.items())
+        + ").",
+    )
+    for (dtype, T), (auto, chosen, name, speedup) in best.items():
+        report.ratio(
+            f"attention fwd+bwd {dtype} T={T}: sdpa / auto",
+            chosen,
+            f"auto: {auto}; fastest: {name} {speedup:.2f}x",
+        )
+
+
+# ---------------------------------------------------------------------- section: memory
+class SavedBytes:
+    """Counts bytes saved for backward (each storage once; parameters excluded), and separately
+    those saved while ``in_gate`` is set."""
+
+    def __init__(self, params: list[torch.Tensor]) -> None:
+        self.params = {p.untyped_storage().data_ptr() for p in params}
+        self.seen: set[int] = set()
+        self.total = 0
+        self.gate = 0
+        self.in_gate = False
+
+    def pack(self, t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in self.params and ptr not in self.seen and storage.nbytes():
+            self.seen.add(ptr)
+            self.total += storage.nbytes()
+            if self.in_gate:
+                self.gate += storage.nbytes()
+        return t
+
+    @staticmethod
+    def unpack(t: torch.Tensor) -> torch.Tensor:
+        return t
+
+
+def _tensor_bytes(ts: Iterator[torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in ts)
+
+
+def measure_memory(gate: str, dtype: str, shape: Shape, device: torch.device) -> dict[str, float]:
+    """Bytes of one training step: saved activations, gate-region activations, parameters with
+    gradients and AdamW state, and (CUDA) the allocator's peak."""
+    model = build(gate, device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x, y = batch_for(shape, model.cfg.vocab_size, device)
+    step = train_step(model, lambda x: logits_of(model, x), opt, x, y, dtype)
+    step()  # AdamW state exists from here on
+    counter = SavedBytes(list(model.parameters()))
+    handles = []
+    for layer in model.layers:
+        # The G1 gate runs between these two taps (nn/attention.py).
+        handles.append(layer.self_attn.hook_z.register_forward_hook(_set_flag(counter, True)))
+        handles.append(
+            layer.self_attn.hook_z_gated.register_forward_hook(_set_flag(counter, False))
+        )
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
+        step()
+    for h in handles:
+        h.remove()
+    params = _tensor_bytes(p for p in model.parameters())
+    state = _tensor_bytes(
+        t for st in opt.state.values() for t in st.values() if isinstance(t, torch.Tensor)
+    )
+    cfg = model.cfg
+    n_gate = cfg.num_hidden_layers * cfg.gate_size * cfg.hidden_size
+    low_bytes = 2 if dtype == "bfloat16" else 4
+    tokens = shape.batch * shape.seq
+    out = {
+        "saved": counter.total,
+        "gate_saved": counter.gate,
+        "params": params,
+        "grads": params,
+        "optimizer": state,
+        "estimate": counter.total + 2 * params + state,
+        # parameter, gradient, AdamW moments, and the autocast bf16 copy the fused linear saves
+        "gate_params": n_gate * (4 + 4 + 8 + (2 if dtype == "bfloat16" else 0)),
+        # what the gate must keep for backward: its logits and its input, in the compute dtype
+        "gate_minimum": cfg.num_hidden_layers
+        * tokens
+        * (cfg.gate_size + (cfg.q_size if cfg.gate_size else 0))
+        * low_bytes,
+    }
+    if device.type == "cuda":
+        out["cuda_peak"] = torch.cuda.max_memory_allocated(device)
+    return out
+
+
+def _set_flag(counter: SavedBytes, value: bool) -> Callable[..., None]:
+    def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+        counter.in_gate = value
+
+    return hook
+
+
+def section_memory(s: Settings, report: Report) -> None:
+    rows: list[list[Any]] = []
+    mb = 1 / 2**20
+    for dtype in DTYPES:
+        results = {g: measure_memory(g, dtype, CPU_SMALL, s.device) for g in HEADLINE_GATES}
+        peak_key = "cuda_peak" if s.device.type == "cuda" else "estimate"
+        base = results["none"][peak_key]
+        for gate, r in results.items():
+            extra = r[peak_key] - base
+            needs = r["gate_minimum"] + r["gate_params"]
+            ratio = extra / needs if needs else float("nan")
+            rows.append(
+                [
+                    dtype,
+                    gate,
+                    r[peak_key] * mb,
+                    r["saved"] * mb,
+                    extra * mb,
+                    r["gate_minimum"] * mb,
+                    r["gate_params"] * mb,
+                    ratio if gate != "none" else "",
+                    r["gate_saved"] * mb,
+                ]
+            )
+            if gate != "none":
+                report.ratio(
+                    f"memory {dtype} {gate}: extra vs none / gate needs",
+                    ratio,
+                    f"{extra * mb:.2f} MB / {needs * mb:.2f} MB",
+                    "<= 1.05",
+                    ratio <= 1.05,
+                )
+    what = "CUDA max_memory_allocated" if s.device.type == "cuda" else "estimate"
+    report.table(
+        f"Training-step memory ({CPU_SMALL.name}: {CPU_SMALL.batch} x {CPU_SMALL.seq}), MB",
+        [
+            "dtype",
+            "gate",
+            f"peak ({what})",
+            "saved for backward",
+            "extra vs none",
+            "gate activations needed",
+            "gate params+grad+AdamW",
+            "extra / needed",
+            "saved inside the gate",
+        ],
+        rows,
+        "peak (estimate) = bytes saved for backward (each storage once, parameters excluded) + "
+        "parameters + gradients + AdamW state. `gate activations needed`: what a gate must keep "
+        "for its backward, its logits and its input (the pre-gate attention output, which "
+        "without a gate is the `o_proj` input already kept), in the compute dtype; `needed` "
+        "adds the gate's parameter bytes. `saved inside the gate`: bytes saved for backward "
+        "between the taps hook_z and hook_z_gated (the sigmoid output in float32, the scores, "
+        "the pre-gate output).",
+    )
+
+
+# ---------------------------------------------------------------------- section: gates
+def section_gates(s: Settings, report: Report) -> None:
+    for shape, gates in ((SMALL, None), (CPU_SMALL, s.cpu_small_gates)):
+        names = list(gates) if gates is not None else GateConfig.names()
+        _gate_overhead(s, report, shape, names, compiled=False)
+    names = list(s.compile_gates) if s.compile_gates is not None else GateConfig.names()
+    # the headline variants first, so a time budget drops the others
+    order = {g: i for i, g in enumerate(names)}
+    names.sort(key=lambda g: (g not in HEADLINE_GATES, order[g]))
+    _gate_overhead(s, report, CPU_SMALL, names, compiled=True)
+
+
+def _gate_overhead(
+    s: Settings, report: Report, shape: Shape, names: list[str], compiled: bool
+) -> None:
+    mode = "compiled" if compiled else "eager"
+    dtypes = s.compile_dtypes if compiled else DTYPES
+    cases: dict[str, Callable[[], None]] = {}
+    shares: dict[str, float] = {}
+    notes: list[str] = []
+    for gate in names:
+        # ~1 s per step and dtype cold; a compile costs ~30 s cold (inductor, CPU)
+        cost = 45.0 * len(dtypes) if compiled else 2.0 * len(dtypes)
+        if not s.budget.allows(cost, f"gates {shape.name} {mode} {gate}"):
+            continue
+        model = build(gate, s.device)
+        total, extra = matmul_flops_per_token(model.cfg, shape.seq)
+        shares[gate] = extra / total
+        x, y = batch_for(shape, model.cfg.vocab_size, s.device)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        forward = torch.compile(model) if compiled else model
+        fn = (lambda m: lambda x: logits_of(m, x))(forward)
+        for dtype in dtypes:
+            if compiled:
+                # Compiled: the training step only (what the trainer compiles); a no_grad
+                # forward would be one more compilation.
+                t0 = time.perf_counter()
+                ok = _compiled_matches(model, forward, x, dtype)
+                train_step(model, fn, opt, x, y, dtype)()  # compiles the backward too
+                notes.append(f"{gate} {dtype}: compile {time.perf_counter() - t0:.0f} s")
+                if not ok:
+                    notes.append(f"{gate} {dtype}: compiled logits differ from eager: FAIL")
+                    continue
+            cases[f"{gate}|{dtype}|train"] = train_step(model, fn, opt, x, y, dtype)
+            if not compiled:
+                cases[f"{gate}|{dtype}|forward"] = forward_only(fn, x, dtype)
+    if not cases:
+        return
+    # the compiled section times three cases: affordable to repeat more
+    reps = 2 * s.reps if compiled else s.reps
+    times = interleaved(cases, s.warmup, reps, s.device)
+    rows: list[list[Any]] = []
+    tokens = shape.batch * shape.seq
+    for key, ts in times.items():
+        gate, dtype, kind = key.split("|")
+        base_key = f"none|{dtype}|{kind}"
+        ratio = median(times[base_key]) / median(ts) if base_key in times else float("nan")
+        rows.append([gate, dtype, kind, tokens / median(ts), 1 / ratio, shares[gate]])
+        if kind == "train" and shape is CPU_SMALL and gate in ("sdpa-headwise", "sdpa-elementwise"):
+            over = 1 / ratio
+            limit = 1.02 if gate == "sdpa-headwise" else 1 + shares[gate] + 0.02
+            report.ratio(
+                f"train step {mode} {dtype}: {gate} / none",
+                over,
+                f"{shape.name}; extra FLOPs {shares[gate]:.1%}",
+                f"<= {limit:.3f}",
+                over <= limit,
+            )
+    rows.sort(key=lambda r: (r[2], r[1], names.index(r[0])))
+    report.table(
+        f"Gate overhead, {shape.name} ({shape.batch} x {shape.seq}), {mode}",
+        ["gate", "dtype", "step", "tokens/s", "time vs none", "extra FLOPs share"],
+        rows,
+        "train = forward + backward + AdamW; forward = no_grad forward. `extra FLOPs share`: the "
+        "gate projection's matmul FLOPs / all matmul FLOPs per token (analytic)."
+        + ("\n\n" + "; ".join(notes) if notes else ""),
+    )
+
+
+def _compiled_matches(
+    model: GatedLM, compiled: Callable[..., Any], x: torch.Tensor, dtype: str
+) -> bool:
+    # With grad enabled, as in training: this call compiles the graph the steps reuse.
+    with autocast(dtype, x.device):
+        ref = model(x).logits.float().detach()
+        out = compiled(x).logits.float().detach()
+    tol = 1e-3 if dtype == "float32" else 5e-2
+    return bool(((out - ref).abs().max() / ref.abs().max()) <= tol)
+
+
+# ---------------------------------------------------------------------- section: hf
+def hf_twin(model: GatedLM, fmt: str) -> torch.nn.Module:
+    """The ``transformers`` model of format ``fmt`` with the weights of ``model`` (on CPU),
+    through our checkpoint converter (``hf/convert.py``)."""
+    import transformers
+
+    from gated_attention.hf.convert import export_checkpoint
+    from gated_attention.hf.modeling import GatedAttentionForCausalLM
+
+    cls = transformers.Qwen3ForCausalLM if fmt == "qwen3" else transformers.Qwen3NextForCausalLM
+    with tempfile.TemporaryDirectory() as tmp:
+        ours, theirs = Path(tmp, "ours"), Path(tmp, fmt)
+        GatedAttentionForCausalLM.from_gated_lm(model).save_pretrained(ours)
+        export_checkpoint(fmt, ours, theirs)
+        return cls.from_pretrained(theirs, attn_implementation="sdpa", dtype=torch.float32)
+
+
+HF_PAIRS = {
+    # name: (our gate, our config overrides, transformers format)
+    "Qwen3": ("none", {}, "qwen3"),
+    "Qwen3-Next": (
+        "sdpa-elementwise",
+        {"norm_type": "zero_centered", "qk_norm": "zero_centered", "partial_rotary_factor": 0.25},
+        "qwen3-next",
+    ),
+}
+
+
+def section_hf(s: Settings, report: Report) -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    logging.getLogger("gated_attention").setLevel(logging.WARNING)
+    train_rows: list[list[Any]] = []
+    gen_rows: list[list[Any]] = []
+    shape = CPU_SMALL
+    for name, (gate, overrides, fmt) in HF_PAIRS.items():
+        if not s.budget.allows(20, f"hf {name}"):
+            continue
+        ours = build(gate, torch.device("cpu"), **overrides)
+        twin = hf_twin(ours, fmt).to(s.device)
+        ours.to(s.device)
+        x, y = batch_for(shape, ours.cfg.vocab_size, s.device)
+        with torch.no_grad():
+            err = float((ours(x[:2]).logits - twin(x[:2]).logits).abs().max())
+        if err > 1e-4:
+            train_rows.append([name, "-", "-", "-", f"FAIL: logits differ by {err:.1e}"])
+            continue
+        cases = {}
+        for dtype in DTYPES:
+            for who, model in (("ours", ours), ("hf", twin)):
+                opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+                fn = (lambda m: lambda x: logits_of(m, x))(model)
+                cases[f"{who}|{dtype}"] = train_step(model, fn, opt, x, y, dtype)
+        times = interleaved(cases, s.warmup, s.reps, s.device)
+        tokens = shape.batch * shape.seq
+        for dtype in DTYPES:
+            o, h = median(times[f"ours|{dtype}"]), median(times[f"hf|{dtype}"])
+            train_rows.append([name, dtype, tokens / o, tokens / h, h / o])
+            goal = {"Qwen3": 1.3 if dtype == "bfloat16" else 1.0}.get(name)
+            report.ratio(
+                f"train tokens/s {dtype}: ours / {name}",
+                h / o,
+                f"{shape.name}, eager",
+                f">= {goal}" if goal else "",
+                h / o >= goal if goal else None,
+            )
+        _generation(s, report, name, ours.eval(), twin.eval(), gen_rows)
+    report.table(
+        f"Training vs transformers ({shape.name}: {shape.batch} x {shape.seq}, eager)",
+        ["baseline", "dtype", "ours tokens/s", "transformers tokens/s", "ours / transformers"],
+        train_rows,
+        "Identical config and weights (converted by `gated_attention.hf.convert`); both run "
+        "the same step: autocast forward, `lm_loss`, backward, AdamW; transformers with "
+        "`attn_implementation='sdpa'`. Logits are checked equal (1e-4) before timing.",
+    )
+    report.table(
+        f"Generation vs transformers (greedy, KV cache, {s.gen_tokens} new tokens, prompt 16, fp32)",
+        ["baseline", "batch", "path", "tokens/s", "vs transformers", "same tokens", "note"],
+        gen_rows,
+        "`fast` = `gated_attention.generation.generate` (static cache), `fast, compiled` the "
+        "same with `compile=True` (decoding step compiled once; compile time in the note, not "
+        "in tokens/s); `GatedLM.generate` = the model's loop (growing cache); transformers = "
+        "`generate(max_new_tokens=n, min_new_tokens=n, do_sample=False)`, dynamic cache. "
+        "`same tokens`: equal to `GatedLM.generate`'s.",
+    )
+
+
+def _generation(
+    s: Settings,
+    report: Report,
+    name: str,
+    ours: GatedLM,
+    twin: torch.nn.Module,
+    rows: list[list[Any]],
+) -> None:
+    n = s.gen_tokens
+    for batch in (1, 8):
+        gen = torch.Generator().manual_seed(batch)
+        prompt = torch.randint(0, ours.cfg.vocab_size, (batch, 16), generator=gen).to(s.device)
+
+        def theirs(prompt: torch.Tensor = prompt) -> torch.Tensor:
+            return twin.generate(
+                prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0
+            )
+
+        paths: dict[str, Callable[[], torch.Tensor]] = {
+            "fast": lambda prompt=prompt: fast_generate(ours, prompt, n),
+            "GatedLM.generate": lambda prompt=prompt: ours.generate(prompt, n),
+            "transformers": theirs,
+        }
+        # Compiling the decoding step costs ~10-30 s per batch size on CPU (excluded from
+        # tokens/s, reported beside it); quick runs compile for the first baseline only.
+        note = ""
+        if (not s.quick or name == next(iter(HF_PAIRS))) and s.budget.allows(
+            40, f"hf {name} batch {batch} compiled generation"
+        ):
+            t0 = time.perf_counter()
+            fast_generate(ours, prompt, n, compile=True)
+            note = f"compile {time.perf_counter() - t0:.0f} s"
+            paths["fast, compiled"] = lambda prompt=prompt: fast_generate(
+                ours, prompt, n, compile=True
+            )
+        ref = ours.generate(prompt, n)
+        same = {k: bool(torch.equal(fn(), ref)) for k, fn in paths.items()}
+        for path in ("fast", "fast, compiled"):
+            if path in paths and not same[path]:
+                rows.append([name, batch, path, "FAIL: tokens differ from GatedLM.generate"])
+                del paths[path]
+        times = interleaved(paths, 1, s.reps, s.device)
+        base = median(times["transformers"])
+        for path, ts in times.items():
+            extra = note if path == "fast, compiled" else ""
+            rows.append(
+                [name, batch, path, batch * n / median(ts), base / median(ts), same[path], extra]
+            )
+        fastest = min((p for p in times if p.startswith("fast")), key=lambda p: median(times[p]))
+        speedup = base / median(times[fastest])
+        goal = batch == 1 and name == "Qwen3"
+        report.ratio(
+            f"generation tokens/s batch {batch}: ours / {name}",
+            speedup,
+            f"{fastest}; eager fast {base / median(times['fast']):.2f}"
+            if "fast" in times
+            else fastest,
+            ">= 2" if goal else "",
+            speedup >= 2 if goal else None,
+        )
+
+
+# ---------------------------------------------------------------------- environment
+def busy_cores(seconds: float = 1.0) -> float | None:
+    """Cores kept busy by other processes now (``/proc/stat`` over ``seconds``, while this
+    process sleeps), or ``None`` where that file does not exist."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return sum(fields[:8]), idle
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 == total0:
+        return 0.0
+    return (1 - (idle1 - idle0) / (total1 - total0)) * (os.cpu_count() or 1)
+
+
+def idle_threads() -> tuple[int, str]:
+    """torch's default thread count less the cores other processes keep busy, and why.
+
+    Oversubscribed threads make every parallel op wait for a descheduled thread: on 2 cores
+    with one kept busy, attention ran ~5x slower on 2 threads than on 1."""
+    default = torch.get_num_threads()
+    busy = busy_cores()
+    if busy is None:
+        return default, "torch default"
+    threads = max(1, min(default, (os.cpu_count() or default) - round(busy)))
+    return threads, f"{busy:.1f} cores busy with other work at start"
+
+
+def machine(device: torch.device) -> list[str]:
+    """Platform, CPU model, cores, threads, versions (no host names or paths)."""
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    lines = [
+        f"platform: {platform.system()} {platform.release()} {platform.machine()}",
+        f"cpu: {cpu}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}",
+        f"load average (1/5/15 min): {', '.join(f'{x:.2f}' for x in os.getloadavg())}"
+        if hasattr(os, "getloadavg")
+        else "load average: n/a",
+        f"python {platform.python_version()}, torch {torch.__version__}, "
+        f"transformers {transformers.__version__}",
+    ]
+    if device.type == "cuda":
+        lines.append(f"gpu: {torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}")
+    return lines
+
+
+SECTIONS: dict[str, Callable[[Settings, Report], None]] = {
+    "backends": section_backends,
+    "memory": section_memory,
+    "gates": section_gates,
+    "hf": section_hf,
+}
+"""Run in this order: the cheap, decisive sections first, compilation (in ``gates``) late, so a
+time budget drops the optional work."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer sizes; about 5 min on CPU")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: the cores left idle by other processes)",
+    )
+    parser.add_argument(
+        "--budget", type=float, default=None, help="seconds (quick default 270; full: none)"
+    )
+    parser.add_argument("--only", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
+    parser.add_argument("--no-save", action="store_true", help="do not append to RESULTS.md")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    if args.threads:
+        threads, why = args.threads, "--threads"
+    else:
+        threads, why = idle_threads()
+    torch.set_num_threads(threads)
+    s = Settings.from_args(args)
+    report = Report()
+    env = [*machine(s.device), f"threads: {threads} ({why})"]
+    print("\n".join(env), flush=True)
+    started = time.perf_counter()
+    for name in args.only:
+        t0 = time.perf_counter()
+        SECTIONS[name](s, report)
+        print(f"[{name}: {time.perf_counter() - t0:.0f} s]", flush=True)
+    elapsed = time.perf_counter() - started
+    if s.budget.skipped:
+        report.notes.append("Skipped for the time budget: " + "; ".join(s.budget.skipped) + ".")
+    print("\n## Summary (ratios of medians; times: lower is better, tokens/s: higher)")
+    print("\n".join(report.summary()))
+    print(f"\n[total {elapsed:.0f} s]")
+    if not args.no_save:
+        save(args, env, report, elapsed)
+
+
+def save(args: argparse.Namespace, env: list[str], report: Report, elapsed: float) -> None:
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    command = "python benchmarks/run.py " + " ".join(sys.argv[1:] if sys.argv[1:] else [])
+    lines = [f"\n# {stamp}: `{command.strip()}` ({elapsed:.0f} s)", ""]
+    lines += [f"- {e}" for e in env]
+    for title, table in report.sections:
+        lines += ["", f"## {title}", "", *table]
+    lines += ["", "## Summary (ratios of medians)", "", *report.summary(), ""]
+    if not RESULTS.exists():
+        RESULTS.write_text(
+            "# Benchmark results\n\nAppended by `benchmarks/run.py`; newest last. Timings are "
+            "medians of interleaved repetitions; compare ratios within one run.\n"
+        )
+    with RESULTS.open("a") as f:
+        f.write("\n".join(lines))
+    print(f"appended to {RESULTS.name}")
+
+
+if __name__ == "__main__":
+    main()
