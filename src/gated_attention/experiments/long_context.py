@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from gated_attention.experiments.study import RunRecord, Study
+from gated_attention.experiments.summary import report_footer
 
 
 def analyze(run_dir: Path, task: str, cfg: Any) -> dict[str, Any]:
@@ -32,12 +33,7 @@ def write_report(
     results = run_long_context_study(runs, out_dir, seed=seed, **settings)
     report = out_dir / "report.md"
     failed = [r for r in records if r.status != "ok"]
-    extra = [""]
-    if failed:
-        extra += ["## Failures", ""]
-        extra += [f"- {r.task} / {r.arm} / seed {r.seed}: {r.status}" for r in failed]
-        extra.append("")
-    extra += ["## Provenance", "", "```json", json.dumps(meta, indent=1, default=str), "```", ""]
+    extra = ["", *report_footer(failed, meta, "")]
     report.write_text(report.read_text() + "\n".join(extra))
     results["meta"] = meta
     results["runs"] = [r.to_dict() for r in records]

@@ -18,7 +18,7 @@ from gated_attention.analysis import (
 )
 from gated_attention.experiments.paper import TABLE4
 from gated_attention.experiments.study import RunRecord, Study
-from gated_attention.experiments.summary import effect, fmt, fmt_ms, mean_std
+from gated_attention.experiments.summary import effect, fmt, fmt_ms, mean_std, report_footer
 
 # Metrics of the summary table: (key, header, path into a record's analysis summary).
 COLUMNS = [
@@ -382,25 +382,11 @@ def write_report(
             rel = Path(fig).relative_to(out_dir)
             lines += [f"![{rel.stem}]({rel.as_posix()})", ""]
     failed = [r for r in records if r.status != "ok"]
-    if failed:
-        lines += ["## Failures", ""]
-        for r in failed:
-            first = (
-                (r.error or r.result.get("diverged", "")).splitlines()[0]
-                if (r.error or r.result)
-                else ""
-            )
-            lines.append(f"- {r.task} / {r.arm} / seed {r.seed}: {r.status}: {first}")
-        lines.append("")
-    lines += [
-        "## Provenance",
-        "",
-        "```json",
-        json.dumps(meta, indent=1, default=str),
-        "```",
-        "",
+    lines += report_footer(
+        failed,
+        meta,
         "Exact run configs are in `results.json` and in each run directory's `config.json`.",
-    ]
+    )
     report = out_dir / "report.md"
     report.write_text("\n".join(lines) + "\n")
     results = {

@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 
 from gated_attention.experiments.sinks import run_metrics
 from gated_attention.experiments.study import Arm, RunRecord, Study
-from gated_attention.experiments.summary import fmt, mean_std
+from gated_attention.experiments.summary import fmt, mean_std, report_footer
 from gated_attention.experiments.variants import compare
 
 TOLERANCE = 0.05
@@ -627,21 +627,7 @@ def write_report(
         "",
     ]
     failed = [r for r in records if r.status == "failed"]
-    if failed:
-        lines += ["## Failures", ""]
-        for r in failed:
-            first = (r.error or "").splitlines()[0] if r.error else ""
-            lines.append(f"- {r.task} / {r.arm} / seed {r.seed}: failed: {first}")
-        lines.append("")
-    lines += [
-        "## Provenance",
-        "",
-        "```json",
-        json.dumps(meta, indent=1, default=str),
-        "```",
-        "",
-        "Exact run configs are in each run directory's `config.json`.",
-    ]
+    lines += report_footer(failed, meta)
     report = out_dir / "report.md"
     report.write_text("\n".join(lines) + "\n")
     results = {

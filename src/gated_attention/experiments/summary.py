@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
@@ -82,3 +83,23 @@ def provenance() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
+
+
+def report_footer(
+    failed: list[Any],
+    meta: dict[str, Any],
+    configs_note: str = "Exact run configs are in each run directory's `config.json`.",
+) -> list[str]:
+    """The closing sections every study report shares: failed runs (first line of their error)
+    and the provenance (versions, machine, wall time) as JSON."""
+    lines: list[str] = []
+    if failed:
+        lines += ["## Failures", ""]
+        for r in failed:
+            text = r.error or str((r.result or {}).get("diverged", "")) or ""
+            first = text.splitlines()[0] if text else ""
+            lines.append(f"- {r.task} / {r.arm} / seed {r.seed}: {r.status}: {first}")
+        lines.append("")
+    lines += ["## Provenance", "", "```json", json.dumps(meta, indent=1, default=str), "```", ""]
+    lines.append(configs_note)
+    return lines

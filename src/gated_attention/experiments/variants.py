@@ -23,7 +23,7 @@ from gated_attention.config import ModelConfig
 from gated_attention.experiments.paper import TABLE1, TABLE4
 from gated_attention.experiments.sinks import aggregate
 from gated_attention.experiments.study import Arm, RunRecord, Study
-from gated_attention.experiments.summary import effect, fmt, fmt_ms, mean_std
+from gated_attention.experiments.summary import effect, fmt, fmt_ms, mean_std, report_footer
 
 BASELINE = "baseline"
 
@@ -430,22 +430,7 @@ def write_report(
         if g1:
             lines += [f"The G1 elementwise gate adds {g1:,} parameters on this task.", ""]
     failed = [r for r in records if r.status != "ok"]
-    if failed:
-        lines += ["## Failures", ""]
-        for r in failed:
-            text = r.error or str(r.result.get("diverged", "")) or ""
-            first = text.splitlines()[0] if text else ""
-            lines.append(f"- {r.task} / {r.arm} / seed {r.seed}: {r.status}: {first}")
-        lines.append("")
-    lines += [
-        "## Provenance",
-        "",
-        "```json",
-        json.dumps(meta, indent=1, default=str),
-        "```",
-        "",
-        "Exact run configs are in each run directory's `config.json`.",
-    ]
+    lines += report_footer(failed, meta)
     report = out_dir / "report.md"
     report.write_text("\n".join(lines) + "\n")
     results = {
