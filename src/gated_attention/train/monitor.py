@@ -57,11 +57,12 @@ class GateMeter:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.handles: list[Any] = []
-        self.total = 0.0
+        self.total: torch.Tensor | float = 0.0
         self.count = 0
 
     def _hook(self, _module: nn.Module, _inp: Any, out: torch.Tensor) -> None:
-        self.total += float(out.detach().float().mean())
+        # Accumulate on the device: no host sync inside the forward (one at ``pop``).
+        self.total = self.total + out.detach().float().mean()
         self.count += 1
 
     def __enter__(self) -> GateMeter:
@@ -79,7 +80,7 @@ class GateMeter:
         """Mean since the last call (``None`` if no gate ran)."""
         if not self.count:
             return None
-        mean = self.total / self.count
+        mean = float(self.total) / self.count
         self.total, self.count = 0.0, 0
         return mean
 
