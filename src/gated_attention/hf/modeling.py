@@ -41,6 +41,7 @@ from gated_attention.nn.norm import RMSNorm
 from gated_attention.ops.attention import (
     attention_probabilities,
     register_attention_backend,
+    weighted_values,
 )
 
 from .configuration import GatedAttentionConfig
@@ -78,14 +79,11 @@ def _eager_recording(
     recomputation: gradients then reach the returned ``attentions`` (gradient-based attribution;
     ``transformers``' ``test_retain_grad_hidden_states_attentions``).
     """
-    B, T, H, D = q.shape
-    K = k.shape[2]
     probs = attention_probabilities(q, k, mask, causal, scale)
     recording = _RECORDING.get()
     if recording is not None:
         recording.append(probs)
-    out = probs.reshape(B, K, H // K, T, -1) @ v.transpose(1, 2).unsqueeze(2)  # (B, K, g, T, D)
-    return out.reshape(B, H, T, D).transpose(1, 2)
+    return weighted_values(probs, v)
 
 
 register_attention_backend(RECORDING_BACKEND, _eager_recording)

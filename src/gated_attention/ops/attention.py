@@ -156,6 +156,16 @@ def attention_probabilities(
     return NORMALIZERS[normalizer](scores)
 
 
+def weighted_values(probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Apply attention weights ``(B, H, T, S)`` to values ``(B, S, K, D)``; returns
+    ``(B, T, H, D)``. Query heads are grouped by KV head, so K/V are never repeated."""
+    B, H, T, _ = probs.shape
+    K, D = v.shape[2], v.shape[3]
+    vg = v.transpose(1, 2).unsqueeze(2)  # (B, K, 1, S, D)
+    out = probs.reshape(B, K, H // K, T, -1) @ vg  # (B, K, g, T, D)
+    return out.reshape(B, H, T, D).transpose(1, 2)
+
+
 def _eager(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -164,12 +174,7 @@ def _eager(
     causal: bool,
     scale: float,
 ) -> torch.Tensor:
-    B, T, H, D = q.shape
-    K = k.shape[2]
-    probs = attention_probabilities(q, k, mask, causal, scale)
-    vg = v.transpose(1, 2).unsqueeze(2)  # (B, K, 1, S, D)
-    out = probs.reshape(B, K, H // K, T, -1) @ vg  # (B, K, g, T, D)
-    return out.reshape(B, H, T, D).transpose(1, 2)
+    return weighted_values(attention_probabilities(q, k, mask, causal, scale), v)
 
 
 def _additive_bias(
