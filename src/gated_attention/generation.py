@@ -1,16 +1,17 @@
-"""A lean generation loop: pre-allocated output and KV cache, one forward per token.
+"""Generation: one loop, pre-allocated output and KV cache, one forward per token.
 
-:func:`generate` produces the tokens of :meth:`GatedLM.generate
-<gated_attention.model.GatedLM.generate>` (same forward, same sampling ops in the same order,
-so the same random draws; ``tests/test_generation_fast.py``) with less work per step: the KV cache is a
-:class:`~gated_attention.nn.static_cache.StaticCache` (each step writes one slot instead of
-concatenating the whole cache), and the output ``(B, T + n)`` is allocated once and filled in
-place (no ``torch.cat`` of the growing sequence). The only host synchronisation per step is the
-all-finished check, and only when ``eos_token_id`` is given.
+:func:`generate` is also :meth:`GatedLM.generate <gated_attention.model.GatedLM.generate>`. By
+default the KV cache is a :class:`~gated_attention.nn.static_cache.StaticCache` (each step writes
+one slot instead of concatenating the whole cache); a given cache is used instead, e.g. a
+windowed :class:`~gated_attention.nn.cache.KVCache`, which needs the growing cache to drop keys
+outside its window. The output ``(B, T + n)`` is allocated once and filled in place. The only
+host synchronisation per step is the all-finished check, and only when ``eos_token_id`` is
+given.
 
-Logits agree with the growing cache's up to float rounding, not always bit for bit: the static
-cache hands attention views into larger buffers, and SDPA's sums can round differently on
-those strides. Greedy tokens therefore match except at exact near-ties of the top two logits.
+Logits with the static cache agree with the growing cache's up to float rounding, not always
+bit for bit: the static cache hands attention views into larger buffers, and SDPA's sums can
+round differently on those strides. Greedy tokens therefore match except at exact near-ties of
+the top two logits (``tests/test_generation_fast.py``).
 """
 
 from __future__ import annotations
@@ -55,11 +56,11 @@ def decode_step(
 ) -> torch.Tensor:
     """Next-token logits ``(B, vocab)`` for one new token per sequence, with static shapes.
 
-    The model's own modules in ``GatedLM.forward``'s order (embedding, blocks, norm, head), but
-    every shape independent of the step, so ``torch.compile`` traces it once: the RoPE tables
-    ``(1, max_length, rotary_dim)`` are precomputed and indexed with ``position`` ``(1,)``
-    (int64), the cache is in static-shape mode (:meth:`StaticCache.seek`, writing at
-    ``position``) and attention masks the slots after ``position``.
+    The model's embedding, :meth:`~gated_attention.model.DecoderStack.run_blocks` and head, as
+    in ``GatedLM.forward``, but every shape independent of the step, so ``torch.compile`` traces
+    it once: the RoPE tables ``(1, max_length, rotary_dim)`` are precomputed and indexed with
+    ``position`` ``(1,)`` (int64), the cache is in static-shape mode (:meth:`StaticCache.seek`,
+    writing at ``position``) and attention masks the slots after ``position``.
 
     Args:
         token: ``(B, 1)`` token ids at absolute position ``position``.
@@ -69,9 +70,8 @@ def decode_step(
     cos, sin = cos_table.index_select(1, position), sin_table.index_select(1, position)
     slots = torch.arange(cache.max_length, device=token.device)
     mask = (slots <= position)[None, None, None, :]  # (1, 1, 1, max_length)
-    for layer in model.layers:
-        h, _ = layer(h, cos, sin, mask, cache)
-    return model.lm_head(model.norm(h))[:, -1]
+    h, _ = model.run_blocks(h, cos, sin, mask, cache)
+    return model.lm_head(h)[:, -1]
 
 
 _compiled_step: Any = None
@@ -101,9 +101,9 @@ def generate(
 ) -> torch.Tensor:
     """Continue ``input_ids`` ``(B, T)`` by up to ``max_new_tokens``; returns ``(B, T + n)``.
 
-    Arguments and results as :meth:`GatedLM.generate`: greedy or sampled (``temperature``,
-    ``top_k``, ``generator``); sequences that emit ``eos_token_id`` are padded with it until
-    all have finished, then generation stops. ``cache`` defaults to a
+    The prompt runs once, then one token per step: greedy, or sampled by :func:`next_token`
+    (``temperature``, ``top_k``, ``generator``). Sequences that emit ``eos_token_id`` are
+    padded with it until all have finished, then generation stops. ``cache`` defaults to a
     :class:`StaticCache` sized ``T + max_new_tokens``; any cache with the ``update`` /
     ``get_seq_length`` interface may be passed instead (e.g. a windowed ``KVCache``).
 

@@ -1,21 +1,25 @@
 """The causal LM: token embeddings -> decoder blocks -> final norm -> LM head; and ``generate``.
 
-Reads top to bottom: rotary tables, output type, the model, the loss, generation, parameter
-counts. The model is single-device code; training, parallelism and analysis live elsewhere and
-reach in only through the fixed attributes ``embed_tokens``, ``layers``, ``norm``, ``lm_head``
-and the named hook points (``gated_attention.nn.hooks``).
+Reads top to bottom: rotary tables, output type, the loss, positions and mask, the weight-init
+rule, the decoder stack (shared with the ``transformers`` model and the generation loop), the
+model (its ``generate`` is :func:`gated_attention.generation.generate`), parameter counts. The
+model is single-device code; training, parallelism and analysis live elsewhere and reach in only
+through the fixed attributes ``embed_tokens``, ``layers``, ``norm``, ``lm_head`` and the named
+hook points (``gated_attention.nn.hooks``).
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gated_attention import generation
 from gated_attention.config import ModelConfig
 from gated_attention.nn.attention import GatedAttention
 from gated_attention.nn.block import DecoderBlock
@@ -102,7 +106,7 @@ def positions_and_mask(
     device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Positions ``(B, T)`` and the boolean attention mask ``(B | 1, 1, T, S)`` (or ``None``) for
-    ``seq`` new tokens, shared by :class:`GatedLM` and the ``transformers`` wrapper.
+    ``seq`` new tokens (:meth:`DecoderStack.run_decoder`).
 
     Positions come from ``position_ids`` when given, else from the padding mask (left padding
     starts each row at 0), else continue the cache. A windowed :class:`KVCache` supplies its own
@@ -126,7 +130,84 @@ def positions_and_mask(
     return position_ids, causal_mask(seq, past + seq, attention_mask, device=device)
 
 
-class GatedLM(nn.Module):
+def init_module(module: nn.Module, std: float, init: ModuleType = nn.init) -> None:
+    """Initialise one module as Qwen3 does: normal(0, ``std``) for linear and embedding weights
+    (the gate slice of ``qkv_proj`` too, as the paper's released code initialises it like
+    ``q_proj``), zero biases, norms at identity (1, or 0 when zero-centred), input-independent
+    gate logits at zero.
+
+    ``init`` supplies the in-place initialisers: ``torch.nn.init`` for :class:`GatedLM`,
+    ``transformers.initialization`` for the ``transformers`` wrapper (it leaves parameters that
+    ``from_pretrained`` loaded alone).
+    """
+    if isinstance(module, nn.Linear):
+        init.normal_(module.weight, mean=0.0, std=std)
+        if module.bias is not None:
+            init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        init.normal_(module.weight, mean=0.0, std=std)
+    elif isinstance(module, RMSNorm):
+        (init.zeros_ if module.zero_centered else init.ones_)(module.weight)
+    elif isinstance(module, GatedAttention) and module.gate_logits is not None:
+        init.zeros_(module.gate_logits)
+
+
+class DecoderStack(nn.Module):
+    """The decoder core of :class:`GatedLM`, the ``transformers`` model and the generation loop:
+    the modules ``embed_tokens``, ``layers`` (:class:`DecoderBlock`), ``norm`` and ``rotary``,
+    and the one loop over the blocks."""
+
+    def build_stack(self, cfg: ModelConfig) -> None:
+        """Create the stack's modules for ``cfg`` (on the default device)."""
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderBlock(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_type == "zero_centered")
+        self.rotary = RotaryEmbedding(cfg)
+
+    def run_decoder(
+        self,
+        h: torch.Tensor,
+        cache: Any | None,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        hidden: list[torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`run_blocks` on embeddings ``h`` ``(B, T, hidden)``, with the positions, mask
+        (:func:`positions_and_mask`) and RoPE tables they need."""
+        B, T = h.shape[:2]
+        position_ids, mask = positions_and_mask(B, T, cache, attention_mask, position_ids, h.device)
+        cos, sin = self.rotary(position_ids, h.dtype)
+        return self.run_blocks(h, cos, sin, mask, cache, hidden)
+
+    def run_blocks(
+        self,
+        h: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: Any | None,
+        hidden: list[torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The blocks, then the final norm, on ``h`` ``(B, T, hidden)``.
+
+        Returns the normed output ``(B, T, hidden)`` and the summed MoE load-balancing and
+        z-losses (``None`` for dense models). ``hidden``, when given, receives ``L + 1`` tensors:
+        the input and each block's output (not normed).
+        """
+        if hidden is not None:
+            hidden.append(h)
+        aux_total = None
+        for layer in self.layers:
+            h, aux = layer(h, cos, sin, mask, cache)
+            if aux is not None:
+                aux_total = aux if aux_total is None else aux_total + aux
+            if hidden is not None:
+                hidden.append(h)
+        return self.norm(h), aux_total
+
+
+class GatedLM(DecoderStack):
     """A Qwen3-style causal LM whose attention is gated as ``cfg.gate`` says.
 
     Builds on any device, including ``torch.device("meta")`` (pass ``device=``) so the largest
@@ -137,39 +218,18 @@ class GatedLM(nn.Module):
         super().__init__()
         if not isinstance(cfg, ModelConfig):
             raise ValueError(f"GatedLM needs a ModelConfig, got {type(cfg).__name__}")
-        self.cfg = cfg
         with torch.device(device) if device is not None else contextlib.nullcontext():
-            self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-            self.layers = nn.ModuleList(
-                DecoderBlock(cfg, i) for i in range(cfg.num_hidden_layers)
-            )
-            self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_type == "zero_centered")
+            self.build_stack(cfg)
             self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-            self.rotary = RotaryEmbedding(cfg)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         if not self.embed_tokens.weight.is_meta:
             self.apply(self.init_weights)
 
-    # ------------------------------------------------------------------ init
     def init_weights(self, module: nn.Module) -> None:
-        """Initialise one module as Qwen3 does: normal(0, initializer_range) for linear and
-        embedding weights (the gate slice of ``qkv_proj`` too, as the paper's released code
-        initialises it like ``q_proj``), zero biases, norms at identity, input-independent gate
-        logits at zero."""
-        std = self.cfg.initializer_range
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-        elif isinstance(module, RMSNorm):
-            module.reset_parameters()
-        elif isinstance(module, GatedAttention) and module.gate_logits is not None:
-            nn.init.zeros_(module.gate_logits)
+        """:func:`init_module` with ``torch.nn.init`` and ``cfg.initializer_range``."""
+        init_module(module, self.cfg.initializer_range)
 
-    # ------------------------------------------------------------------ forward
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -194,21 +254,11 @@ class GatedLM(nn.Module):
                 count of real tokens when ``attention_mask`` is given).
             logits_to_keep: if > 0, only compute logits for the last that many positions.
         """
-        B, T = input_ids.shape
         cache = past_key_values
         if cache is None and use_cache:
             cache = KVCache()
-        position_ids, mask = positions_and_mask(
-            B, T, cache, attention_mask, position_ids, input_ids.device
-        )
         h = self.embed_tokens(input_ids)
-        cos, sin = self.rotary(position_ids, h.dtype)
-        aux_total = None
-        for layer in self.layers:
-            h, aux = layer(h, cos, sin, mask, cache)
-            if aux is not None:
-                aux_total = aux if aux_total is None else aux_total + aux
-        h = self.norm(h)
+        h, aux_total = self.run_decoder(h, cache, attention_mask, position_ids)
         if logits_to_keep:
             h = h[:, -logits_to_keep:]
         logits = self.lm_head(h)
@@ -220,52 +270,7 @@ class GatedLM(nn.Module):
         keep_cache = use_cache or past_key_values is not None
         return CausalLMOutput(logits, loss, aux_total, cache if keep_cache else None)
 
-    # ------------------------------------------------------------------ generation
-    @torch.no_grad()
-    def generate(
-        self,
-        input_ids: torch.Tensor,
-        max_new_tokens: int,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        eos_token_id: int | None = None,
-        generator: torch.Generator | None = None,
-        cache: KVCache | None = None,
-    ) -> torch.Tensor:
-        """Continue ``input_ids`` ``(B, T)`` by up to ``max_new_tokens``; returns ``(B, T + n)``.
-
-        Uses a KV cache: the prompt runs once, then one token per step. Sequences that emit
-        ``eos_token_id`` are padded with it until all have finished (then generation stops).
-        """
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        if do_sample and temperature <= 0:
-            raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
-        cache = KVCache() if cache is None else cache
-        out = input_ids
-        finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        step_input = input_ids
-        for _ in range(max_new_tokens):
-            logits = self(step_input, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            next_logits = logits.logits[:, -1].float()
-            if do_sample:
-                next_logits = next_logits / temperature
-                if top_k is not None:
-                    kth = next_logits.topk(min(top_k, next_logits.shape[-1]))[0][:, -1:]
-                    next_logits = next_logits.masked_fill(next_logits < kth, float("-inf"))
-                probs = torch.softmax(next_logits, dim=-1)
-                token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-            else:
-                token = next_logits.argmax(dim=-1)
-            if eos_token_id is not None:
-                token = torch.where(finished, torch.full_like(token, eos_token_id), token)
-                finished |= token == eos_token_id
-            out = torch.cat((out, token[:, None]), dim=1)
-            step_input = token[:, None]
-            if eos_token_id is not None and bool(finished.all()):
-                break
-        return out
+    generate = generation.generate
 
 
 # ---------------------------------------------------------------------- parameter counts

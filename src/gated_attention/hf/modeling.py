@@ -34,10 +34,7 @@ from transformers.modeling_utils import slice_logits_to_keep
 from transformers.utils import can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
 
-from gated_attention.model import GatedLM, RotaryEmbedding, positions_and_mask
-from gated_attention.nn.attention import GatedAttention
-from gated_attention.nn.block import DecoderBlock
-from gated_attention.nn.norm import RMSNorm
+from gated_attention.model import DecoderStack, GatedLM, RotaryEmbedding, init_module
 from gated_attention.ops.attention import (
     attention_probabilities,
     register_attention_backend,
@@ -151,59 +148,24 @@ class GatedAttentionPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = False
 
     def _init_weights(self, module: nn.Module) -> None:
-        """Initialise one module exactly as :meth:`GatedLM.init_weights` does -- normal(0,
-        initializer_range) for every linear (so the gate rows of the fused ``qkv_proj`` too) and
-        embedding, zero biases, norms at identity (1, or 0 when zero-centred), input-independent
-        ``gate_logits`` at 0 -- using ``transformers.initialization`` so parameters already loaded
-        by ``from_pretrained`` are left alone. Also refills the RoPE ``inv_freq`` buffer, which is
+        """:func:`~gated_attention.model.init_module` (the rule of :meth:`GatedLM.init_weights`)
+        with ``transformers.initialization``, so parameters already loaded by
+        ``from_pretrained`` are left alone. Also refills the RoPE ``inv_freq`` buffer, which is
         not saved and comes back uninitialised from ``from_pretrained``."""
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            init.normal_(module.weight, mean=0.0, std=std)
-        elif isinstance(module, RMSNorm):
-            if module.zero_centered:
-                init.zeros_(module.weight)
-            else:
-                init.ones_(module.weight)
-        elif isinstance(module, GatedAttention) and module.gate_logits is not None:
-            init.zeros_(module.gate_logits)
-        elif isinstance(module, RotaryEmbedding):
+        init_module(module, self.config.initializer_range, init)
+        if isinstance(module, RotaryEmbedding):
             fresh = RotaryEmbedding(module.cfg).inv_freq
             init.copy_(module.inv_freq, fresh.to(module.inv_freq.device))
 
 
-class GatedAttentionModel(GatedAttentionPreTrainedModel):
-    """The decoder stack: embeddings -> :class:`DecoderBlock` s -> final norm; returns hidden
-    states ``(B, T, hidden)``. Attribute names match :class:`GatedLM`."""
+class GatedAttentionModel(GatedAttentionPreTrainedModel, DecoderStack):
+    """The decoder stack of :class:`GatedLM` (:class:`~gated_attention.model.DecoderStack`):
+    embeddings -> blocks -> final norm; returns hidden states ``(B, T, hidden)``."""
 
     def __init__(self, config: GatedAttentionConfig) -> None:
         super().__init__(config)
-        cfg = config.to_model_config()
-        self.cfg = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderBlock(cfg, i) for i in range(cfg.num_hidden_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_type == "zero_centered")
-        self.rotary = RotaryEmbedding(cfg)
+        self.build_stack(config.to_model_config())
         self.post_init()
-
-    def _positions_and_mask(
-        self,
-        batch: int,
-        seq: int,
-        cache: Any,
-        attention_mask: torch.Tensor | None,
-        position_ids: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Positions ``(B | 1, T)`` and the boolean mask ``(B | 1, 1, T, S)`` (or ``None``) exactly
-        as :meth:`GatedLM.forward` builds them: padding-aware positions from the mask when given
-        (left padding starts each row at 0), else continuing the cache; a windowed ``KVCache``
-        supplies its own StreamingLLM mask."""
-        device = self.embed_tokens.weight.device
-        return positions_and_mask(batch, seq, cache, attention_mask, position_ids, device)
 
     def _attention_backend(self, output_attentions: bool) -> str | None:
         if output_attentions:
@@ -255,26 +217,15 @@ class GatedAttentionModel(GatedAttentionPreTrainedModel):
         if output_hidden_states is None:
             output_hidden_states = config.output_hidden_states
         h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
-        B, T = h.shape[:2]
         if use_cache and cache is None:
             cache = DynamicCache(config=config)
-        position_ids, mask = self._positions_and_mask(B, T, cache, attention_mask, position_ids)
-        cos, sin = self.rotary(position_ids, h.dtype)
-
-        hidden: list[torch.Tensor] | None = [h] if output_hidden_states else None
+        hidden: list[torch.Tensor] | None = [] if output_hidden_states else None
         attentions: list[torch.Tensor] | None = [] if output_attentions else None
-        aux_total = None
         with (
             _layers_backend(self.layers, self._attention_backend(bool(output_attentions))),
             _recording(attentions),
         ):
-            for layer in self.layers:
-                h, aux = layer(h, cos, sin, mask, cache)
-                if aux is not None:
-                    aux_total = aux if aux_total is None else aux_total + aux
-                if hidden is not None:
-                    hidden.append(h)
-        h = self.norm(h)
+            h, aux_total = self.run_decoder(h, cache, attention_mask, position_ids, hidden)
         if hidden is not None and getattr(config, "tie_last_hidden_states", None) is not False:
             hidden[-1] = h
         return GatedAttentionModelOutput(
