@@ -15,8 +15,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 GATE_POSITIONS = ("none", "sdpa", "value", "key", "query", "dense")
 """Where the gate acts: G1 ``sdpa`` (SDPA output, per head, before ``o_proj``), G2 ``value``
@@ -61,8 +62,23 @@ def _check_keys(cls: type, data: dict[str, Any]) -> None:
             )
 
 
+_C = TypeVar("_C", bound="_DictConfig")
+
+
+class _DictConfig:
+    """``to_dict`` / ``from_dict`` (unknown keys refused by name) of the config dataclasses."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls: type[_C], data: dict[str, Any]) -> _C:
+        _check_keys(cls, data)
+        return cls(**data)
+
+
 @dataclass(frozen=True)
-class GateConfig:
+class GateConfig(_DictConfig):
     """How (and whether) attention is gated: ``Y' = combine(Y, act(X W_g))`` (paper Eq. 5).
 
     ``X`` is always the normed block input, the same tensor that feeds q/k/v.
@@ -155,14 +171,6 @@ class GateConfig:
                 return key
         return None
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GateConfig:
-        _check_keys(cls, data)
-        return cls(**data)
-
     @classmethod
     def coerce(cls, value: GateConfig | str | dict[str, Any] | None) -> GateConfig:
         """Accept a config, a variant name, a dict or ``None`` (no gate)."""
@@ -211,7 +219,7 @@ GateConfig._NAMED.update(
 
 
 @dataclass(frozen=True)
-class MoEConfig:
+class MoEConfig(_DictConfig):
     """A fine-grained mixture-of-experts FFN (softmax top-k routing, Qwen3-MoE style)."""
 
     num_experts: int = 8
@@ -248,17 +256,9 @@ class MoEConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"MoEConfig.{name} must be >= 0, got {getattr(self, name)}.")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> MoEConfig:
-        _check_keys(cls, data)
-        return cls(**data)
-
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_DictConfig):
     """A Qwen3-style decoder-only LM with gated attention. Names follow Hugging Face."""
 
     vocab_size: int = 8192
@@ -370,20 +370,23 @@ class ModelConfig:
         return self.num_key_value_heads * self.head_dim
 
     @property
+    def gate_shape(self) -> tuple[int, ...]:
+        """One token's gate logits (the input-independent gate's parameter): ``(hidden,)`` at
+        ``dense`` (G5), else ``(heads, 1 | head_dim)`` (headwise | elementwise), ``heads`` the KV
+        heads at ``value``/``key`` (G2/G3), the query heads otherwise; ``()`` without a gate."""
+        gate = self.gate
+        if not gate.enabled:
+            return ()
+        if gate.position == "dense":
+            return (self.hidden_size,)
+        kv = gate.position in ("value", "key")
+        heads = self.num_key_value_heads if kv else self.num_attention_heads
+        return (heads, 1 if gate.granularity == "headwise" else self.head_dim)
+
+    @property
     def gate_size(self) -> int:
         """Width of the gate slice of ``qkv_proj`` (0 when the gate has no projection)."""
-        gate = self.gate
-        if not gate.has_projection:
-            return 0
-        if gate.position == "dense":
-            return self.hidden_size
-        heads = (
-            self.num_key_value_heads
-            if gate.position in ("value", "key")
-            else self.num_attention_heads
-        )
-        per_head = 1 if gate.granularity == "headwise" else self.head_dim
-        return heads * per_head
+        return math.prod(self.gate_shape) if self.gate.has_projection else 0
 
     # ----------------------------------------------------------------- parameter budgets
     def num_parameters(self) -> int:
@@ -399,15 +402,7 @@ class ModelConfig:
         attn += qkv_out * int(self.attention_bias) + h * int(self.attention_out_bias)
         attn += 2 * d if self.qk_norm != "none" else 0
         if gate.enabled and gate.transform == "gate" and not gate.input_dependent:
-            if gate.position == "dense":
-                attn += h
-            else:
-                heads = (
-                    self.num_key_value_heads
-                    if gate.position in ("value", "key")
-                    else self.num_attention_heads
-                )
-                attn += heads * (1 if gate.granularity == "headwise" else d)
+            attn += math.prod(self.gate_shape)
         attn += d if gate.enabled and gate.transform == "rmsnorm" else 0
         if self.moe is None:
             ffn = 3 * h * self.intermediate_size
@@ -508,11 +503,6 @@ class ModelConfig:
         data["moe"] = self.moe.to_dict() if self.moe is not None else None
         data["rope_scaling"] = dict(self.rope_scaling) if self.rope_scaling else None
         return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        _check_keys(cls, data)
-        return cls(**data)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -7,9 +7,9 @@ gated_attention`` alone does not import ``transformers``.)
 
 - :class:`GatedAttentionConfig`, :class:`GatedAttentionModel`, :class:`GatedAttentionForCausalLM`:
   thin wrappers over the core modules (``gated_attention.nn``), not a second modeling file.
-- ``gated_attention.hf.convert``: importers/exporters for the paper's released checkpoints,
-  ``transformers`` Qwen3 and Qwen3-Next (``import_checkpoint`` / ``export_checkpoint``), also on
-  the command line as ``gated-attention convert``.
+- ``gated_attention.hf.convert``: import/export (``gated-attention convert``) of the paper's
+  released checkpoints, ``transformers`` Qwen3 and Qwen3-Next, one object per format in
+  ``gated_attention.hf.formats``.
 - ``gated_attention.hf.layouts``: the packing layouts of the attention projection (ours, paper,
   Qwen3-Next, Megatron) as documented index maps.
 """

@@ -167,11 +167,8 @@ def query_row(
     layout: str, h: int, d: int, num_heads: int, num_kv_heads: int, head_dim: int, gate_dim: int
 ) -> int:
     """Row of query head ``h``, feature ``d`` in ``layout`` (the formulas of the module doc)."""
-    g, j, i = (
-        num_heads // num_kv_heads,
-        h // (num_heads // num_kv_heads),
-        h % (num_heads // num_kv_heads),
-    )
+    g = num_heads // num_kv_heads
+    j, i = divmod(h, g)
     if layout == "ours":
         return h * head_dim + d
     if layout == "paper":
@@ -187,11 +184,8 @@ def gate_row(
     layout: str, h: int, e: int, num_heads: int, num_kv_heads: int, head_dim: int, gate_dim: int
 ) -> int:
     """Row of the output gate of head ``h``, feature ``e`` (``e = 0`` when headwise)."""
-    g, j, i = (
-        num_heads // num_kv_heads,
-        h // (num_heads // num_kv_heads),
-        h % (num_heads // num_kv_heads),
-    )
+    g = num_heads // num_kv_heads
+    j, i = divmod(h, g)
     if layout == "ours":
         return num_heads * head_dim + 2 * num_kv_heads * head_dim + h * gate_dim + e
     if layout == "paper":

@@ -59,7 +59,7 @@ class GatedAttention(nn.Module):
         # Input-independent gate (Table 4): a learned logit per (head, feature), zero-initialised
         # so its sigmoid starts at 0.5.
         self.gate_logits = (
-            nn.Parameter(torch.zeros(self._gate_param_shape()))
+            nn.Parameter(torch.zeros(cfg.gate_shape))
             if gate.enabled and gate.transform == "gate" and not gate.input_dependent
             else None
         )
@@ -81,20 +81,13 @@ class GatedAttention(nn.Module):
         ):
             setattr(self, name, HookPoint())
 
-    def _gate_param_shape(self) -> tuple[int, ...]:
-        gate, cfg = self.gate_cfg, self.cfg
-        if gate.position == "dense":
-            return (cfg.hidden_size,)
-        heads = cfg.num_key_value_heads if gate.position in ("value", "key") else cfg.num_attention_heads
-        return (heads, 1 if gate.granularity == "headwise" else cfg.head_dim)
-
     def _gate_logits(self, g: torch.Tensor, batch: int, seq: int) -> torch.Tensor:
         """Gate logits shaped to broadcast against the gated tensor."""
         if self.gate_logits is not None:
             return self.gate_logits
         if self.gate_cfg.position == "dense":
             return g
-        return g.view(batch, seq, *self._gate_param_shape())
+        return g.view(batch, seq, *self.cfg.gate_shape)
 
     def _gate(self, y: torch.Tensor, g: torch.Tensor, position: str) -> torch.Tensor:
         """Apply the gate to ``y`` when the configured position is ``position``."""

@@ -107,33 +107,26 @@ def reference_attention_layer(
         q = _linear(xb, weights["wq"], weights["bq"]).view(T, H, D)
         k = _linear(xb, weights["wk"], weights["bk"]).view(T, K, D)
         v = _linear(xb, weights["wv"], weights["bv"]).view(T, K, D)
+        logits = weights["gate_logits"]  # input-independent: gate_shape, broadcast over T
         if gate.has_projection:
-            logits = _linear(xb, weights["wg"], weights["bg"])
-        elif weights["gate_logits"] is not None:
-            logits = weights["gate_logits"].expand(T, *weights["gate_logits"].shape).reshape(T, -1)
-        else:
-            logits = None
+            logits = _linear(xb, weights["wg"], weights["bg"]).reshape(T, *cfg.gate_shape)
 
-        def gated(y: torch.Tensor, heads: int, logits=logits) -> torch.Tensor:
+        def gated(y: torch.Tensor, logits=logits) -> torch.Tensor:
             """Gate y (T, heads, D) or (T, hidden) from the logits (paper Eq. 5)."""
-            if gate.position == "dense":
-                s = _act(logits, gate.activation)
-            else:
-                per = 1 if gate.granularity == "headwise" else D
-                s = _act(logits.reshape(T, heads, per), gate.activation)
-                if gate.head_shared:
-                    s = s.mean(dim=1, keepdim=True)
+            s = _act(logits, gate.activation)
+            if gate.head_shared:
+                s = s.mean(dim=1, keepdim=True)
             return y * s if gate.mode == "multiplicative" else y + s
 
         if gate.position == "value":
-            v = gated(v, K)
+            v = gated(v)
         if cfg.qk_norm != "none":
             q = _rms(q, weights["q_norm"], cfg.rms_norm_eps, zc_qk)
             k = _rms(k, weights["k_norm"], cfg.rms_norm_eps, zc_qk)
         if gate.position == "query":
-            q = gated(q, H)
+            q = gated(q)
         if gate.position == "key":
-            k = gated(k, K)
+            k = gated(k)
         rot = cfg.rotary_dim
         q = torch.stack([_rope(q[:, h], positions, rot, cfg.rope_theta) for h in range(H)], 1)
         k = torch.stack([_rope(k[:, j], positions, rot, cfg.rope_theta) for j in range(K)], 1)
@@ -151,9 +144,9 @@ def reference_attention_layer(
             elif gate.transform == "silu":
                 z = z * (1 / (1 + torch.exp(-z)))
             else:
-                z = gated(z, H)
+                z = gated(z)
         o = _linear(z.reshape(T, H * D), weights["wo"], weights["bo"])
         if gate.position == "dense":
-            o = gated(o, 0)
+            o = gated(o)
         out[b] = o
     return out
