@@ -26,6 +26,7 @@ from gated_attention.nn.block import DecoderBlock
 from gated_attention.nn.cache import KVCache
 from gated_attention.nn.norm import RMSNorm
 from gated_attention.ops.attention import causal_mask
+from gated_attention.ops.loss import linear_cross_entropy
 from gated_attention.ops.rope import (
     check_rope_scaling,
     rope_cos_sin,
@@ -77,12 +78,14 @@ class RotaryEmbedding(nn.Module):
 class CausalLMOutput:
     """Output of :class:`GatedLM`.
 
-    ``logits`` ``(B, T, vocab)`` (or the last ``logits_to_keep`` positions); ``loss`` the mean
-    next-token cross entropy plus ``aux_loss`` when labels were given; ``aux_loss`` the summed MoE
-    load-balancing and z-losses (``None`` for dense models); ``past_key_values`` the cache.
+    ``logits`` ``(B, T, vocab)`` (or the last ``logits_to_keep`` positions; ``None`` when a loss
+    was computed in training mode without asking for them, see :func:`returns_logits`); ``loss``
+    the mean next-token cross entropy plus ``aux_loss`` when labels were given; ``aux_loss`` the
+    summed MoE load-balancing and z-losses (``None`` for dense models); ``past_key_values`` the
+    cache.
     """
 
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     loss: torch.Tensor | None = None
     aux_loss: torch.Tensor | None = None
     past_key_values: Any | None = None
@@ -95,6 +98,16 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -10
         targets.reshape(-1),
         ignore_index=ignore_index,
     )
+
+
+def returns_logits(training: bool, wants_loss: bool, return_logits: bool | None) -> bool:
+    """Whether a forward returns logits: always when asked (``return_logits``), else unless a
+    loss is computed in training mode. Then the loss is :func:`~gated_attention.ops.loss.
+    linear_cross_entropy` on the final hidden states, which never materialises the ``(tokens,
+    vocab)`` logits (as Liger-Kernel's fused loss skips them in training)."""
+    if return_logits is not None:
+        return return_logits
+    return not (training and wants_loss)
 
 
 def positions_and_mask(
@@ -152,14 +165,29 @@ def init_module(module: nn.Module, std: float, init: ModuleType = nn.init) -> No
         init.zeros_(module.gate_logits)
 
 
+CHECKPOINTING = ("none", "full", "attention")
+"""Activation checkpointing modes of :attr:`DecoderStack.checkpointing`: ``full`` recomputes
+each decoder block in backward, keeping only its input; ``attention`` (selective) recomputes
+only each block's attention sublayer (input norm, projections, RoPE, SDPA, gate, ``o_proj``) and
+keeps the MLP's activations."""
+
+
 class DecoderStack(nn.Module):
     """The decoder core of :class:`GatedLM`, the ``transformers`` model and the generation loop:
     the modules ``embed_tokens``, ``layers`` (:class:`DecoderBlock`), ``norm`` and ``rotary``,
-    and the one loop over the blocks."""
+    and the one loop over the blocks.
+
+    ``checkpointing`` (one of :data:`CHECKPOINTING`, default ``"none"``) trades compute for
+    activation memory in training; it applies only when gradients are recorded and no cache is
+    passed, and changes no value.
+    """
+
+    checkpointing: str = "none"
 
     def build_stack(self, cfg: ModelConfig) -> None:
         """Create the stack's modules for ``cfg`` (on the default device)."""
         self.cfg = cfg
+        self.checkpointing = "none"
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderBlock(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_type == "zero_centered")
@@ -195,11 +223,17 @@ class DecoderStack(nn.Module):
         z-losses (``None`` for dense models). ``hidden``, when given, receives ``L + 1`` tensors:
         the input and each block's output (not normed).
         """
+        if self.checkpointing not in CHECKPOINTING:
+            raise ValueError(
+                f"checkpointing={self.checkpointing!r} is not valid; allowed: "
+                f"{', '.join(CHECKPOINTING)}"
+            )
+        mode = self.checkpointing if torch.is_grad_enabled() and cache is None else "none"
         if hidden is not None:
             hidden.append(h)
         aux_total = None
         for layer in self.layers:
-            h, aux = layer(h, cos, sin, mask, cache)
+            h, aux = layer(h, cos, sin, mask, cache, checkpointing=mode)
             if aux is not None:
                 aux_total = aux if aux_total is None else aux_total + aux
             if hidden is not None:
@@ -239,12 +273,22 @@ class GatedLM(DecoderStack):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         logits_to_keep: int = 0,
+        targets: torch.Tensor | None = None,
+        return_logits: bool | None = None,
+        z_loss: float = 0.0,
     ) -> CausalLMOutput:
-        """Next-token logits for ``input_ids`` ``(B, T)``.
+        """Next-token logits for ``input_ids`` ``(B, T)``, and the loss when labels are given.
 
         Args:
             labels: ``(B, T)`` token ids in Hugging Face convention (shifted inside: position
                 ``t`` predicts ``labels[t + 1]``; ``-100`` is ignored).
+            targets: instead of ``labels``, the target of each position ``(B, T)`` (not
+                shifted; ``-100`` ignored), as the trainer's batches hold them.
+            return_logits: also return the logits when a loss is computed (default: only
+                outside training mode, :func:`returns_logits`); without them the loss is
+                computed chunk by chunk (:func:`~gated_attention.ops.loss.linear_cross_entropy`).
+            z_loss: coefficient of the LM head's z-loss ``mean(logsumexp(logits)^2)`` (PaLM),
+                added to the loss.
             past_key_values: a cache from a previous call (or a fresh ``KVCache``, possibly
                 windowed: then each query attends only to its window and the sink tokens).
             use_cache: create a ``KVCache`` when none is given and return it.
@@ -257,14 +301,23 @@ class GatedLM(DecoderStack):
         cache = past_key_values
         if cache is None and use_cache:
             cache = KVCache()
+        if labels is not None and targets is not None:
+            raise ValueError("pass labels (shifted inside) or targets (aligned), not both")
+        gold = labels if labels is not None else targets
         h = self.embed_tokens(input_ids)
         h, aux_total = self.run_decoder(h, cache, attention_mask, position_ids)
-        if logits_to_keep:
-            h = h[:, -logits_to_keep:]
-        logits = self.lm_head(h)
-        loss = None
-        if labels is not None:
-            loss = lm_loss(logits[:, :-1], labels[:, 1:])
+        logits = loss = None
+        if returns_logits(self.training, gold is not None, return_logits):
+            logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)
+        if gold is not None:
+            shift = labels is not None
+            if logits is not None and not logits_to_keep and not z_loss:
+                # the logits exist anyway: the plain loss on them
+                loss = lm_loss(logits[:, :-1], gold[:, 1:]) if shift else lm_loss(logits, gold)
+            else:
+                loss = linear_cross_entropy(
+                    h, self.lm_head.weight, gold, shift=shift, z_loss=z_loss
+                )
             if aux_total is not None:
                 loss = loss + aux_total
         keep_cache = use_cache or past_key_values is not None

@@ -34,12 +34,19 @@ from transformers.modeling_utils import slice_logits_to_keep
 from transformers.utils import can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
 
-from gated_attention.model import DecoderStack, GatedLM, RotaryEmbedding, init_module
+from gated_attention.model import (
+    DecoderStack,
+    GatedLM,
+    RotaryEmbedding,
+    init_module,
+    returns_logits,
+)
 from gated_attention.ops.attention import (
     attention_probabilities,
     register_attention_backend,
     weighted_values,
 )
+from gated_attention.ops.loss import linear_cross_entropy
 
 from .configuration import GatedAttentionConfig
 
@@ -237,6 +244,22 @@ class GatedAttentionModel(GatedAttentionPreTrainedModel, DecoderStack):
         )
 
 
+def fused_causal_lm_loss(
+    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, kwargs: dict[str, Any]
+) -> torch.Tensor:
+    """``transformers``' ``ForCausalLMLoss`` (its ``ignore_index``, ``shift_labels`` and
+    ``num_items_in_batch`` keywords) without the logits: ``ops.loss.linear_cross_entropy``."""
+    shift_labels = kwargs.get("shift_labels")
+    return linear_cross_entropy(
+        hidden,
+        weight,
+        labels if shift_labels is None else shift_labels,
+        ignore_index=kwargs.get("ignore_index", -100),
+        shift=shift_labels is None,
+        num_items=kwargs.get("num_items_in_batch"),
+    )
+
+
 class GatedAttentionForCausalLM(GatedAttentionPreTrainedModel, GenerationMixin):
     """:class:`GatedAttentionModel` plus the LM head. ``generate`` uses ``transformers``' caches
     (``DynamicCache`` by default); our ``KVCache`` works in ``forward`` but not in ``generate``,
@@ -264,13 +287,17 @@ class GatedAttentionForCausalLM(GatedAttentionPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
+        return_logits: bool | None = None,
         **kwargs: Any,
     ) -> GatedAttentionCausalLMOutput:
         """Next-token logits ``(B, T, vocab)`` (or the positions ``logits_to_keep`` selects).
 
         ``labels`` ``(B, T)`` in the ``transformers`` convention (shifted inside, ``-100``
-        ignored) give ``loss``: ``transformers``' causal-LM loss plus the MoE ``aux_loss``. Other
-        arguments as :meth:`GatedAttentionModel.forward`.
+        ignored) give ``loss``: ``transformers``' causal-LM loss plus the MoE ``aux_loss``. In
+        training mode the loss is computed chunk by chunk from the hidden states
+        (``ops.loss.linear_cross_entropy``, same value) and ``logits`` is ``None`` unless
+        ``return_logits=True`` (``gated_attention.model.returns_logits``). Other arguments as
+        :meth:`GatedAttentionModel.forward`.
         """
         out = self.model(
             input_ids=input_ids,
@@ -284,12 +311,18 @@ class GatedAttentionForCausalLM(GatedAttentionPreTrainedModel, GenerationMixin):
             return_dict=True,
             **kwargs,
         )
-        logits = self.lm_head(slice_logits_to_keep(out.last_hidden_state, logits_to_keep))
-        loss = None
+        logits = loss = None
+        if returns_logits(self.training, labels is not None, return_logits):
+            logits = self.lm_head(slice_logits_to_keep(out.last_hidden_state, logits_to_keep))
         if labels is not None:
-            loss = self.loss_function(
-                logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs
-            )
+            if logits is None:
+                loss = fused_causal_lm_loss(
+                    out.last_hidden_state, self.lm_head.weight, labels, kwargs
+                )
+            else:
+                loss = self.loss_function(
+                    logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs
+                )
             if out.aux_loss is not None:
                 loss = loss + out.aux_loss
         return GatedAttentionCausalLMOutput(

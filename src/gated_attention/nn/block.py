@@ -7,10 +7,11 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from gated_attention.config import ModelConfig
 from gated_attention.nn.attention import GatedAttention
-from gated_attention.nn.hooks import HookPoint
+from gated_attention.nn.hooks import HookPoint, recompute_context
 from gated_attention.nn.mlp import SwiGLU
 from gated_attention.nn.moe import MoEFeedForward
 from gated_attention.nn.norm import RMSNorm
@@ -51,11 +52,45 @@ class DecoderBlock(nn.Module):
         sin: torch.Tensor,
         mask: torch.Tensor | None = None,
         cache: Any | None = None,
+        checkpointing: str = "none",
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        h = self.hook_resid_pre(h)
+        """``h`` ``(B, T, hidden)`` -> ``(h, aux_loss or None)``. ``checkpointing`` (``none``,
+        ``full``, ``attention``; see ``gated_attention.model.CHECKPOINTING``) recomputes the
+        whole block or its attention sublayer in backward; the caller passes ``none`` when a
+        cache is updated. Recomputation runs inside the block, so FSDP2's hooks (on the block)
+        stay outside it."""
+        if checkpointing == "full":
+            return activation_checkpoint(self._forward, h, cos, sin, mask, cache, False)
+        return self._forward(h, cos, sin, mask, cache, checkpointing == "attention")
+
+    def attention_sublayer(
+        self,
+        h: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: Any | None,
+    ) -> torch.Tensor:
+        """What the attention sublayer adds to the residual stream, ``(B, T, hidden)``."""
         attn = self.self_attn(self.input_layernorm(h), cos, sin, mask, cache)
         if self.post_self_attn_layernorm is not None:
             attn = self.post_self_attn_layernorm(attn)
+        return attn
+
+    def _forward(
+        self,
+        h: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: Any | None,
+        checkpoint_attention: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        h = self.hook_resid_pre(h)
+        if checkpoint_attention:
+            attn = activation_checkpoint(self.attention_sublayer, h, cos, sin, mask, cache)
+        else:
+            attn = self.attention_sublayer(h, cos, sin, mask, cache)
         h = h + self.hook_attn_out(attn)
         ffn = self.mlp(self.post_attention_layernorm(h))
         aux = None
@@ -65,3 +100,12 @@ class DecoderBlock(nn.Module):
             ffn = self.post_feedforward_layernorm(ffn)
         h = h + self.hook_mlp_out(ffn)
         return self.hook_resid_post(h), aux
+
+
+def activation_checkpoint(fn: Any, *args: Any) -> Any:
+    """``fn(*args)``, recomputed in backward instead of keeping its activations
+    (``torch.utils.checkpoint``, non-reentrant). Eagerly, the recomputation runs under
+    :func:`~gated_attention.nn.hooks.recompute_context`, so taps that fire again can tell."""
+    if torch.compiler.is_compiling():
+        return checkpoint(fn, *args, use_reentrant=False)
+    return checkpoint(fn, *args, use_reentrant=False, context_fn=recompute_context)

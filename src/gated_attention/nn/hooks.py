@@ -22,12 +22,45 @@ query heads, ``K`` KV heads, ``D`` head dim, ``d`` model width):
 
 Every decoder block exposes ``hook_resid_pre``, ``hook_attn_out``, ``hook_mlp_out`` and
 ``hook_resid_post`` (all ``(B, T, d)``).
+
+Under activation checkpointing (``gated_attention.model.CHECKPOINTING``) the taps inside a
+recomputed region fire a second time during backward, with the same values; a hook that counts
+or accumulates skips those calls with ``if in_recompute(): return``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
+
 import torch
 from torch import nn
+
+_state = threading.local()
+
+
+def in_recompute() -> bool:
+    """True while activation checkpointing recomputes a forward region during backward."""
+    return getattr(_state, "recompute", False)
+
+
+@contextlib.contextmanager
+def _recomputing() -> Iterator[None]:
+    before = in_recompute()
+    _state.recompute = True
+    try:
+        yield
+    finally:
+        _state.recompute = before
+
+
+def recompute_context() -> tuple[
+    contextlib.AbstractContextManager, contextlib.AbstractContextManager
+]:
+    """``context_fn`` for ``torch.utils.checkpoint``: nothing around the original forward,
+    :func:`in_recompute` set around the recomputation."""
+    return contextlib.nullcontext(), _recomputing()
 
 
 class HookPoint(nn.Identity):

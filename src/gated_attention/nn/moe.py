@@ -69,7 +69,11 @@ class MoEFeedForward(nn.Module):
         routing = self.route(flat)
         out = torch.zeros_like(flat)
         # Token dispatch per expert: only the routed tokens go through each expert, so compute
-        # is proportional to top_k rather than num_experts.
+        # is proportional to top_k rather than num_experts. Every expert runs, also on zero
+        # tokens: its weights then get a zero gradient, so every data-parallel rank produces a
+        # gradient for the same parameters (DDP and FSDP2 reduce them all; skipping an idle
+        # expert desynchronises the ranks' collectives). An empty expert call costs a few
+        # empty kernels (benchmarks/RESULTS.md).
         token_idx = torch.arange(flat.shape[0], device=x.device).repeat_interleave(self.cfg.top_k)
         expert_idx = routing.experts.reshape(-1)
         weight = routing.weights.reshape(-1, 1)
@@ -77,8 +81,6 @@ class MoEFeedForward(nn.Module):
         counts = torch.bincount(expert_idx, minlength=self.cfg.num_experts).tolist()
         start = 0
         for e, n in enumerate(counts):
-            if n == 0:
-                continue
             sel = order[start : start + n]
             start += n
             tokens = token_idx[sel]

@@ -4,6 +4,11 @@
 logit computed from the normed block input, or a learned input-independent parameter. Shapes are
 ``(..., heads, head_dim)`` for per-head positions (G1-G4) and ``(..., hidden)`` for G5; a headwise
 logit has a trailing axis of size 1 and broadcasts over ``head_dim``.
+
+The multiplicative gate keeps for backward only its two inputs, ``Y`` and the logits (the logits
+are a view of the fused projection's output, which the layer keeps anyway): its backward
+recomputes the activation from the logits, where autograd would also keep the float32 scores and
+their low-precision copy (``_MultiplicativeGate``).
 """
 
 from __future__ import annotations
@@ -41,6 +46,56 @@ def gate_activation(logits: torch.Tensor, activation: str, fp32: bool = True) ->
     return y.to(logits.dtype)
 
 
+def _activation_grad(x: torch.Tensor, activation: str) -> torch.Tensor:
+    """``d act(x) / dx`` for the activations of :func:`gate_activation`, in ``x``'s dtype."""
+    if activation == "identity":
+        return torch.ones_like(x)
+    s = torch.sigmoid(x)
+    if activation == "sigmoid":
+        return s * (1 - s)
+    if activation == "ns_sigmoid":
+        return 0.5 * s * (1 - s)
+    return s * (1 + x * (1 - s))  # silu
+
+
+class _MultiplicativeGate(torch.autograd.Function):
+    """``(y * act(logits), act(logits))`` saving only ``y`` and ``logits`` for backward.
+
+    The scores (second output) are returned for taps and statistics and carry no gradient.
+    Gradients: ``dy = g * act(logits)``; ``dlogits = sum_to(g * y) * act'(logits)``, formed in at
+    least float32 and cast to each input's dtype."""
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        y: torch.Tensor,
+        logits: torch.Tensor,
+        activation: str,
+        fp32: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = gate_activation(logits, activation, fp32)
+        ctx.save_for_backward(y, logits)
+        ctx.options = (activation, fp32)
+        ctx.mark_non_differentiable(scores)
+        return y * scores, scores
+
+    @staticmethod
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor, _grad_scores: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
+        y, logits = ctx.saved_tensors
+        activation, fp32 = ctx.options
+        grad_y = grad_logits = None
+        if ctx.needs_input_grad[0]:
+            scores = gate_activation(logits, activation, fp32)
+            grad_y = (grad * scores).to(y.dtype).sum_to_size(y.shape)
+        if ctx.needs_input_grad[1]:
+            x = upcast(logits) if fp32 else logits
+            dscores = (upcast(grad) * upcast(y)).sum_to_size(logits.shape)
+            grad_logits = (dscores * _activation_grad(x, activation)).to(logits.dtype)
+        return grad_y, grad_logits, None, None
+
+
 def apply_gate(
     y: torch.Tensor, logits: torch.Tensor, gate: GateConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,7 +109,14 @@ def apply_gate(
 
     Head-shared gates average the per-head *scores* over the head axis (paper section 4.1:
     (n, q, d_k) -> (n, d_k)), so every head sees the same gate.
+
+    The scores of a multiplicative gate that is not head-shared carry no gradient (its backward
+    recomputes them, :class:`_MultiplicativeGate`); use them for statistics, not in a loss.
     """
+    if gate.mode == "multiplicative" and not gate.head_shared:
+        if gate.activation not in ("sigmoid", "silu", "ns_sigmoid", "identity"):
+            gate_activation(logits, gate.activation)  # raises the ValueError
+        return _MultiplicativeGate.apply(y, logits, gate.activation, gate.fp32)
     scores = gate_activation(logits, gate.activation, gate.fp32)
     if gate.head_shared:
         scores = scores.mean(dim=-2, keepdim=True)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from gated_attention.nn.hooks import HookPoint
+from gated_attention.nn.hooks import HookPoint, in_recompute
 
 if TYPE_CHECKING:
     from gated_attention.train.trainer import Trainer
@@ -94,6 +94,8 @@ class GateMeter(TrainerCallback):
         self.count = 0
 
     def _hook(self, _module: nn.Module, _inp: Any, out: torch.Tensor) -> None:
+        if in_recompute():  # activation checkpointing replays the forward in backward
+            return
         self.total = self.total + out.detach().float().mean()
         self.count += 1
 

@@ -46,6 +46,8 @@ DATA_KINDS = ("corpus", "backcopy", "files")
 SCHEDULES = ("cosine", "wsd", "constant")
 DTYPES = ("float32", "bfloat16")
 STRATEGIES = ("none", "ddp", "fsdp")
+CHECKPOINTING = ("none", "full", "attention")
+"""``train.activation_checkpointing``: as ``gated_attention.model.CHECKPOINTING``."""
 
 
 def _build(cls: type, data: dict[str, Any], where: str) -> Any:
@@ -134,6 +136,14 @@ class TrainConfig:
     dtype: str = "float32"
     """``bfloat16`` runs the forward under autocast (weights and optimizer stay fp32)."""
     compile: bool = False
+    """``torch.compile`` the model's training and evaluation forwards (with the loss)."""
+    activation_checkpointing: str = "none"
+    """``none``; ``full``: recompute each decoder block in backward (keeps only block inputs);
+    ``attention``: selective, recompute only each block's attention sublayer. Same values."""
+    threads: int = 0
+    """torch CPU threads (``torch.set_num_threads``); 0 keeps torch's default."""
+    z_loss: float = 0.0
+    """Coefficient of the LM head's z-loss ``mean(logsumexp(logits)^2)`` (PaLM); 0 disables."""
     device: str = "auto"
     eval_every: int = 50
     eval_batches: int = 8
@@ -156,6 +166,9 @@ class TrainConfig:
         _positive("train.keep_last", self.keep_last)
         _choice("train.schedule", self.schedule, SCHEDULES)
         _choice("train.dtype", self.dtype, DTYPES)
+        _choice("train.activation_checkpointing", self.activation_checkpointing, CHECKPOINTING)
+        _positive("train.threads", self.threads, zero_ok=True)
+        _positive("train.z_loss", self.z_loss, zero_ok=True)
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}.")
         if self.batch_size % self.grad_accum:

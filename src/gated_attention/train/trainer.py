@@ -25,7 +25,7 @@ import torch
 
 from gated_attention import __version__
 from gated_attention.config import rope_only_difference
-from gated_attention.model import GatedLM, count_parameters, lm_loss
+from gated_attention.model import GatedLM, count_parameters
 from gated_attention.train import callbacks as cbs
 from gated_attention.train import checkpoint as ckpt
 from gated_attention.train import distributed as dist_utils
@@ -103,6 +103,8 @@ class Trainer:
         self.cfg = cfg
         self.resume = resume
         self.init_from = init_from
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
         auto = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(auto if cfg.train.device == "auto" else cfg.train.device)
         self.dist = dist_utils.setup(cfg.distributed, self.device)
@@ -122,6 +124,7 @@ class Trainer:
         self.model_cfg = cfg.model_config(self.data.vocab_size)
         seed_everything(cfg.seed)
         self.model = GatedLM(self.model_cfg).to(self.device)
+        self.model.checkpointing = tc.activation_checkpointing
         self.wrapped = dist_utils.wrap(self.model, self.dist, self.device)
         self.forward_model = torch.compile(self.wrapped) if tc.compile else self.wrapped
         self.optimizer = build_optimizer(self.model, tc)
@@ -241,12 +244,11 @@ class Trainer:
         return contextlib.nullcontext()
 
     def _loss(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean next-token loss plus the MoE losses; the LM head and loss run chunk by chunk
+        (``ops.loss``), so the ``(tokens, vocab)`` logits never exist."""
         with self._autocast():
-            out = self.forward_model(input_ids)
-            loss = lm_loss(out.logits, labels)
-            if out.aux_loss is not None:
-                loss = loss + out.aux_loss
-        return loss
+            out = self.forward_model(input_ids, targets=labels, z_loss=self.cfg.train.z_loss)
+        return out.loss
 
     def train_step(self) -> tuple[float, float]:
         """One optimizer step over the global batch of ``self.step``; returns (loss, grad norm)."""
@@ -296,10 +298,11 @@ class Trainer:
                 continue  # DDP / single: split batches over ranks
             ids, labels = ids.to(self.device), labels.to(self.device)
             with self._autocast():
-                out = self.forward_model(ids)
+                out = self.forward_model(ids, targets=labels, return_logits=False)
             if self.dist.strategy == "fsdp" and i % self.dist.world_size != self.dist.rank:
                 continue  # FSDP: every rank joins every forward; each counts its own share
-            total[0] += lm_loss(out.logits, labels).double() * labels.numel()
+            loss = out.loss if out.aux_loss is None else out.loss - out.aux_loss
+            total[0] += loss.double() * labels.numel()
             total[1] += labels.numel()
         if self.dist.world_size > 1:
             torch.distributed.all_reduce(total)
