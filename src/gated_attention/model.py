@@ -26,6 +26,7 @@ from gated_attention.nn.block import DecoderBlock
 from gated_attention.nn.cache import KVCache
 from gated_attention.nn.norm import RMSNorm
 from gated_attention.ops.attention import causal_mask
+from gated_attention.ops.gating import upcast
 from gated_attention.ops.loss import linear_cross_entropy
 from gated_attention.ops.rope import (
     check_rope_scaling,
@@ -92,9 +93,11 @@ class CausalLMOutput:
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
-    """Mean cross entropy of ``logits`` ``(B, T, V)`` against aligned ``targets`` ``(B, T)``."""
+    """Mean cross entropy of ``logits`` ``(B, T, V)`` against aligned ``targets`` ``(B, T)``,
+    in float32 (float64 logits stay float64). The plain loss on materialised logits; training
+    uses :func:`~gated_attention.ops.loss.linear_cross_entropy`, which never forms them."""
     return F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(),
+        upcast(logits.reshape(-1, logits.shape[-1])),
         targets.reshape(-1),
         ignore_index=ignore_index,
     )
