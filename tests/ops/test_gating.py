@@ -76,6 +76,24 @@ def test_gate_saves_only_its_inputs():
     )
 
 
+def test_bf16_logits_slice_of_the_fused_projection_is_kept_compact():
+    qkvg = torch.randn(2, 63, 4 * 8 * 3, dtype=torch.bfloat16, requires_grad=True)
+    y = torch.randn(2, 63, 4, 8, dtype=torch.bfloat16, requires_grad=True)
+    logits = qkvg[..., -32:].view(2, 63, 4, 8)  # the gate's columns, as nn/attention.py
+    (out, _), saved = _saved_bytes(lambda: apply_gate(y, logits, GateConfig(position="sdpa")))
+    kept = saved[1]
+    assert kept.untyped_storage().nbytes() == logits.numel() * 2  # not the whole buffer
+    assert torch.equal(kept, logits)
+    out.sum().backward()
+    assert qkvg.grad[..., :-32].abs().sum() == 0 and qkvg.grad[..., -32:].abs().sum() > 0
+    # in float32 the view is kept as is (the layer keeps the buffer for backward anyway)
+    f32 = qkvg.detach().float().requires_grad_()
+    _, saved = _saved_bytes(
+        lambda: apply_gate(y.float(), f32[..., -32:].view(2, 63, 4, 8), GateConfig(position="sdpa"))
+    )
+    assert saved[1].untyped_storage().data_ptr() == f32.untyped_storage().data_ptr()
+
+
 @pytest.mark.parametrize("shape", ["elementwise", "headwise"])
 def test_bf16_gate_matches_autograd_path(shape):
     gen = torch.Generator().manual_seed(1)

@@ -5,8 +5,7 @@ logit computed from the normed block input, or a learned input-independent param
 ``(..., heads, head_dim)`` for per-head positions (G1-G4) and ``(..., hidden)`` for G5; a headwise
 logit has a trailing axis of size 1 and broadcasts over ``head_dim``.
 
-The multiplicative gate keeps for backward only its two inputs, ``Y`` and the logits (the logits
-are a view of the fused projection's output, which the layer keeps anyway): its backward
+The multiplicative gate keeps for backward only its two inputs, ``Y`` and the logits: its backward
 recomputes the activation from the logits, where autograd would also keep the float32 scores and
 their low-precision copy (``_MultiplicativeGate``).
 """
@@ -58,6 +57,19 @@ def _activation_grad(x: torch.Tensor, activation: str) -> torch.Tensor:
     return s * (1 + x * (1 - s))  # silu
 
 
+def _compact(t: torch.Tensor) -> torch.Tensor:
+    """``t`` to keep for backward: itself, or a compact copy when it is a half-precision view
+    that would pin a larger buffer. The gate logits are a slice of the fused ``[Q|K|V|G]``
+    projection; in float32 autograd keeps that buffer anyway (QK-norm and SDPA save views of
+    it), while under bf16 autocast the upcasting norm and attention keep float32 copies
+    instead, so pinning it would cost the whole buffer for the gate's slice."""
+    if t.dtype in (torch.float16, torch.bfloat16) and (
+        t.untyped_storage().nbytes() > t.numel() * t.element_size()
+    ):
+        return t.clone(memory_format=torch.contiguous_format)
+    return t
+
+
 class _MultiplicativeGate(torch.autograd.Function):
     """``(y * act(logits), act(logits))`` saving only ``y`` and ``logits`` for backward.
 
@@ -74,7 +86,7 @@ class _MultiplicativeGate(torch.autograd.Function):
         fp32: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         scores = gate_activation(logits, activation, fp32)
-        ctx.save_for_backward(y, logits)
+        ctx.save_for_backward(y, _compact(logits))
         ctx.options = (activation, fp32)
         ctx.mark_non_differentiable(scores)
         return y * scores, scores
