@@ -22,12 +22,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resume", action="store_true", help="continue from the newest valid checkpoint"
     )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="run every code path of the config on the CPU for a few steps at reduced size "
+        "(dtype, compile, DDP/FSDP2 wrapping, checkpointing, data, checkpoint and resume); "
+        "writes to --out or a temporary directory",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from gated_attention.train.trainer import TrainingDiverged, train
 
     overrides = list(args.overrides)
+    if args.dry_run:
+        from gated_attention.train.dryrun import dry_run
+
+        cfg = load_run_config(args.config, overrides)
+        print(json.dumps(dry_run(cfg, args.out), indent=1))
+        return 0
     if args.out:
         overrides.append(f'out_dir="{args.out}"')
     cfg = load_run_config(args.config, overrides)
