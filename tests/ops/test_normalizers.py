@@ -16,6 +16,7 @@ from gated_attention.ops.attention import (
     attention,
     attention_backends,
     attention_probabilities,
+    attention_scores,
     backend_supports,
     causal_mask,
     eager_attention,
@@ -260,3 +261,18 @@ def test_sink_is_a_headwise_gate_on_softmax_attention():
     plus_one = torch.sigmoid(lse).transpose(1, 2)[..., None]
     torch.testing.assert_close(attention(q, k, v, normalizer="softmax1"), softmax * plus_one, **TOL)
 
+
+# ---------------------------------------------------------------------- softpick
+def test_softpick_rectifies_and_may_attend_to_nothing():
+    """Masked and negative logits get exactly 0, rows sum to at most 1, and a row of negative
+    logits attends to nothing; the option eps is validated by name."""
+    q, k, _ = (t.detach() for t in inputs(9, 9, H=3, K=3))
+    weights = attention_probabilities(q, k, normalizer="softpick")
+    logits = attention_scores(q, k)
+    assert bool((weights[logits <= 0] == 0).all()) and bool((weights[logits > 0] > 0).all())
+    assert bool((weights.sum(-1) <= 1).all())
+    x = torch.ones(1, 1, 1, 4, dtype=torch.float64)
+    assert bool((attention_probabilities(x, -x, normalizer="softpick") == 0).all())
+    with pytest.raises(ValueError, match=r"normalizer.options.eps must be a number > 0"):
+        ModelConfig(normalizer={"kind": "softpick", "eps": -1})
+    assert NormalizerConfig("softpick").options == {"eps": 1e-8}

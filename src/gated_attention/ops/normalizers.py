@@ -248,6 +248,32 @@ class Sigmoid(NormalizerKind):
         return torch.sigmoid(upcast(scores) + bias).to(scores.dtype)
 
 
+@register
+class Softpick(NormalizerKind):
+    """Softpick (Zuhri et al. 2025): ``relu(e^x_i - 1) / (sum_j |e^x_j - 1| + eps e^m)``, with
+    ``m = max(0, max_j x_j)`` over the visible keys; computed shifted by ``m``, where ``eps``
+    is added as in the authors' released code. Rows sum to at most 1; a row of negative logits
+    attends to nothing."""
+
+    name = "softpick"
+    title = "softpick (rectified softmax)"
+    form = "weights"
+    defaults: ClassVar[dict[str, Any]] = {"eps": 1e-8}
+
+    def validate(self, options: dict[str, Any]) -> None:
+        eps = options["eps"]
+        if isinstance(eps, bool) or not isinstance(eps, int | float) or not eps > 0:
+            raise ValueError(f"normalizer.options.eps must be a number > 0, got {eps!r}.")
+
+    def weights(self, scores: torch.Tensor, norm: Normalizer) -> torch.Tensor:
+        x = upcast(scores)
+        m = x.amax(dim=-1, keepdim=True).clamp(min=0.0)
+        e = torch.exp(x - m) - torch.exp(-m)
+        visible = torch.isfinite(x)
+        den = torch.where(visible, e.abs(), 0.0).sum(dim=-1, keepdim=True) + norm.options["eps"]
+        return (torch.relu(e) / den).to(scores.dtype)
+
+
 # ---------------------------------------------------------------------- the shared maths
 def normalizer_kinds() -> list[str]:
     """The registered kind names, ``softmax`` first."""

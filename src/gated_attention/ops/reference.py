@@ -96,12 +96,22 @@ def _sigmoid_ref(logits, allowed, q, h, j, scale, params, options):
     return torch.where(allowed, 1 / (1 + torch.exp(-x)), 0.0), None
 
 
+def _softpick_ref(logits, allowed, q, h, j, scale, params, options):
+    # Zuhri et al. 2025: relu(e^x - 1) / (sum |e^x - 1| + eps e^m), m = max(0, max x).
+    x = logits.masked_fill(~allowed, 0.0)
+    m = x.masked_fill(~allowed, float("-inf")).max(-1, keepdim=True).values.clamp(min=0)
+    e = torch.where(allowed, torch.exp(x) - 1, 0.0)
+    den = e.abs().sum(-1, keepdim=True) + options["eps"] * torch.exp(m)
+    return torch.relu(e) / den, None
+
+
 REFERENCE_NORMALIZERS: dict[str, NormalizerRef] = {
     "softmax": _softmax_ref,
     "sink": _sink_ref,
     "softmax1": _softmax1_ref,
     "kv-bias": _kv_bias_ref,
     "sigmoid": _sigmoid_ref,
+    "softpick": _softpick_ref,
 }
 
 
