@@ -58,15 +58,13 @@ def _activation_grad(x: torch.Tensor, activation: str) -> torch.Tensor:
 
 
 def _compact(t: torch.Tensor) -> torch.Tensor:
-    """``t`` to keep for backward: itself, or a compact copy when it is a half-precision view
-    that would pin a larger buffer. The gate logits are a slice of the fused ``[Q|K|V|G]``
+    """``t`` to keep for backward: itself, or a compact copy when it is a half-precision strided
+    view (the columns of a larger buffer) that would pin that buffer. The gate logits are a slice of the fused ``[Q|K|V|G]``
     projection; in float32 autograd keeps that buffer anyway (QK-norm and SDPA save views of
     it), while under bf16 autocast the upcasting norm and attention keep float32 copies
     instead, so pinning it would cost the whole buffer for the gate's slice."""
-    if t.dtype in (torch.float16, torch.bfloat16) and (
-        t.untyped_storage().nbytes() > t.numel() * t.element_size()
-    ):
-        return t.clone(memory_format=torch.contiguous_format)
+    if t.dtype in (torch.float16, torch.bfloat16) and not t.is_contiguous():
+        return t.contiguous()  # a slice of the last axis of a larger buffer
     return t
 
 
