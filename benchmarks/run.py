@@ -103,6 +103,7 @@ class Settings:
     compile_dtypes: tuple[str, ...]
     cpu_small_gates: tuple[str, ...] | None  # None: every variant
     budget: Budget
+    tiny: bool = False
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
@@ -121,6 +122,7 @@ class Settings:
             compile_dtypes=("bfloat16",) if quick else DTYPES,
             cpu_small_gates=HEADLINE_GATES if quick else None,
             budget=Budget(budget),
+            tiny=args.tiny,
         )
 
 
@@ -1061,6 +1063,143 @@ def machine(device: torch.device) -> list[str]:
     return lines
 
 
+# ---------------------------------------------------------------------- section: scale
+SCALE_CONFIG = Path(__file__).parents[1] / "configs" / "gpu-125m.toml"
+SCALE_GATES = ("none", "sdpa-elementwise", "sdpa-headwise")
+"""Baseline and the paper's two G1 gates (Table 1 rows 5 and 10)."""
+
+
+def peak_matmul_flops(device: torch.device, tiny: bool) -> float:
+    """The device's bf16 matmul throughput (FLOP/s), measured here: the best of several
+    square bf16 matmuls (8192^3 on a GPU; 512^3 with ``--tiny``)."""
+    n = 512 if tiny else 8192
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    best = math.inf
+    for _ in range(3 if tiny else 10):
+        synchronize(device)
+        t0 = time.perf_counter()
+        for _ in range(5):
+            a @ b
+        synchronize(device)
+        best = min(best, (time.perf_counter() - t0) / 5)
+    return 2 * n**3 / best
+
+
+def scale_run_config(tiny: bool) -> tuple[Any, int, int]:
+    """The gpu-125m run config (``--tiny``: at dry-run size), its micro-batch and length."""
+    from gated_attention.train import load_run_config
+    from gated_attention.train.dryrun import DRY_MICRO_BATCH, DRY_SEQ_LEN, dry_run_config
+
+    cfg = load_run_config(SCALE_CONFIG)
+    if tiny:
+        cfg = dry_run_config(cfg, tempfile.gettempdir())
+        return cfg, DRY_MICRO_BATCH, DRY_SEQ_LEN
+    return cfg, cfg.train.batch_size // cfg.train.grad_accum, cfg.data.seq_len
+
+
+def section_scale(s: Settings, report: Report) -> None:
+    """Training at the gpu-125m config (``configs/gpu-125m.toml``): tokens/s, MFU and peak
+    memory of baseline, elementwise and headwise G1, and the baseline against transformers'
+    Qwen3 with the same weights; eager and compiled (the config's ``train.compile``)."""
+    import transformers
+
+    from gated_attention.train.optim import build_optimizer
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    cfg, micro, seq = scale_run_config(s.tiny)
+    if s.device.type != "cuda" and not s.tiny:
+        report.notes.append("scale: needs --device cuda (or --tiny to check it on the CPU)")
+        return
+    peak = peak_matmul_flops(s.device, s.tiny)
+    # on the CPU (--tiny) compile traces like inductor without generating kernels
+    backend = "inductor" if s.device.type == "cuda" else "aot_eager"
+    tokens = micro * seq
+    cases: dict[str, Callable[[], None]] = {}
+    memory: dict[str, float] = {}
+    notes: list[str] = []
+    model_cfg = cfg.model_config(None)
+    x, y = batch_for(Shape("scale", micro, seq), model_cfg.vocab_size, s.device)
+    fwd_flops, _ = matmul_flops_per_token(model_cfg, seq)
+
+    def add(name: str, make: Callable[[], torch.nn.Module], loss: Callable[..., Loss]) -> None:
+        """Build the model, compile it if ``name`` says so, take one step (compiles, creates
+        the AdamW state), measure one step's peak memory, keep the step for timing."""
+        compiled = name.endswith("compiled")
+        if compiled and not s.budget.allows(90, f"scale {name}"):
+            return
+        if s.device.type == "cuda":
+            synchronize(s.device)
+            resident = torch.cuda.memory_allocated(s.device)
+        model = make()
+        opt = build_optimizer(model, cfg.train)
+        forward = torch.compile(model, backend=backend) if compiled else model
+        step = train_step(model, loss(forward), opt, x, y, cfg.train.dtype)
+        t0 = time.perf_counter()
+        step()
+        if compiled:
+            notes.append(f"{name}: compile {time.perf_counter() - t0:.0f} s")
+        if s.device.type == "cuda":
+            synchronize(s.device)
+            torch.cuda.reset_peak_memory_stats(s.device)
+            step()
+            synchronize(s.device)
+            memory[name] = torch.cuda.max_memory_allocated(s.device) - resident
+        cases[name] = step
+
+    def ours(gate: str) -> Callable[[], torch.nn.Module]:
+        def make() -> torch.nn.Module:
+            torch.manual_seed(cfg.seed)
+            return GatedLM(model_cfg.replace(gate=gate)).to(s.device)
+
+        return make
+
+    for gate in SCALE_GATES:
+        for mode in ("", " compiled"):
+            add(f"{gate}{mode}", ours(gate), ours_loss)
+    if s.budget.allows(60, "scale transformers"):
+        twin = hf_twin(ours("none")().cpu(), "qwen3")  # the baseline's weights
+        for mode in ("", " compiled"):
+            add(f"transformers{mode}", lambda: copy.deepcopy(twin).to(s.device), hf_loss)
+    times = interleaved(cases, 1 if s.tiny else 2, s.reps, s.device)
+    rows: list[list[Any]] = []
+    gb = 1 / 2**30
+    for name, ts in times.items():
+        t = median(ts)
+        base = name.replace("sdpa-elementwise", "none").replace("sdpa-headwise", "none")
+        overhead = t / median(times[base]) if base in times and base != name else ""
+        mfu = tokens / t * 3 * fwd_flops / peak
+        rows.append(
+            [name, tokens / t, mfu, overhead, memory[name] * gb if name in memory else "n/a"]
+        )
+        if name.startswith("sdpa-"):
+            report.ratio(f"gpu-125m step: {name} / {base}", overhead, f"MFU {mfu:.1%}")
+    for mode in ("", " compiled"):
+        ours, theirs = f"none{mode}", f"transformers{mode}"
+        if ours in times and theirs in times:
+            report.ratio(
+                f"gpu-125m train tokens/s{mode or ' eager'}: ours / transformers Qwen3",
+                median(times[theirs]) / median(times[ours]),
+            )
+    device = torch.cuda.get_device_name(s.device) if s.device.type == "cuda" else "CPU (--tiny)"
+    report.table(
+        f"Training at gpu-125m ({micro} x {seq} tokens per step{', --tiny' if s.tiny else ''}), "
+        f"{device}",
+        ["model", "tokens/s", "MFU", "step time vs baseline", "peak memory GB"],
+        rows,
+        f"bf16 autocast, fp32 weights and AdamW as `configs/gpu-125m.toml` trains (one "
+        f"micro-batch per step, no accumulation); each step's time the median of interleaved "
+        f"repetitions. MFU = tokens/s x 3 x forward matmul FLOPs per token (projections, "
+        f"causal attention, LM head; `matmul_flops_per_token`) / the bf16 matmul peak measured "
+        f"in this run: {peak / 1e12:.1f} TFLOP/s. `compiled`: torch.compile ({backend}). "
+        "transformers: Qwen3ForCausalLM with the baseline's weights, its own loss. Peak memory: "
+        "the allocator's peak during one step above what was allocated before the model was "
+        "built (weights, gradients, AdamW state, activations)."
+        + ("\n\n" + "; ".join(notes) if notes else ""),
+    )
+
+
 # ---------------------------------------------------------------------- section: normalizers
 def normalizer_setting(kind: str, seq: int) -> str | dict[str, Any]:
     """The ``ModelConfig.normalizer`` of ``kind`` for training at ``seq`` tokens (sigmoid's
@@ -1190,6 +1329,7 @@ SECTIONS: dict[str, Callable[[Settings, Report], None]] = {
     "hf": section_hf,
     "gates": section_gates,
     "normalizers": section_normalizers,
+    "scale": section_scale,
 }
 """Run in this order: the cheap, decisive sections first, the goals against ``transformers``
 next, the gate variants' compilations last, so a time budget drops the optional work."""
@@ -1208,7 +1348,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--budget", type=float, default=None, help="seconds (quick default 420; full: none)"
     )
-    parser.add_argument("--only", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=list(SECTIONS),
+        default=None,
+        help="sections to run (default: all; `scale` only on CUDA or with --tiny)",
+    )
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="the scale section at dry-run size, to check it on the CPU (benchmarks/gpu.sh --tiny)",
+    )
     parser.add_argument("--no-save", action="store_true", help="do not append to RESULTS.md")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -1223,7 +1374,8 @@ def main(argv: list[str] | None = None) -> None:
     env = [*machine(s.device), f"threads: {threads} ({why})"]
     print("\n".join(env), flush=True)
     started = time.perf_counter()
-    for name in args.only:
+    only = args.only or [k for k in SECTIONS if k != "scale" or s.device.type == "cuda" or s.tiny]
+    for name in only:
         t0 = time.perf_counter()
         SECTIONS[name](s, report)
         print(f"[{name}: {time.perf_counter() - t0:.0f} s]", flush=True)

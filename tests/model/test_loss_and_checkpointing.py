@@ -159,3 +159,21 @@ def test_checkpointing_is_bit_exact_under_compile_in_float64(one_thread):
         losses, state = results[mode]
         assert all(torch.equal(a, b) for a, b in zip(losses, ref_losses)), mode
         assert all(torch.equal(state[k], ref_state[k]) for k in ref_state), mode
+
+
+@pytest.mark.parametrize("mode", CHECKPOINTING)
+def test_training_forward_compiles_without_graph_breaks(mode):
+    """The chunked loss (its chunk loop and custom backward) and each checkpointing mode trace
+    into one graph (``aot_eager`` traces forward and backward as inductor does, without code
+    generation)."""
+    model = _model(dtype=torch.float32, gate="sdpa-elementwise")
+    model.checkpointing = mode
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    ids = torch.randint(0, 97, (2, 63))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = compiled(ids, targets=ids).loss
+        ref = model(ids, targets=ids).loss
+    torch.testing.assert_close(out, ref)
+    (g1,) = torch.autograd.grad(out, model.lm_head.weight)
+    (g2,) = torch.autograd.grad(ref, model.lm_head.weight)
+    torch.testing.assert_close(g1, g2)

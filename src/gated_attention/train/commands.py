@@ -29,6 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(dtype, compile, DDP/FSDP2 wrapping, checkpointing, data, checkpoint and resume); "
         "writes to --out or a temporary directory",
     )
+    parser.add_argument(
+        "--dry-run-compile",
+        default="aot_eager",
+        choices=("aot_eager", "inductor"),
+        help="torch.compile backend of a dry run of a compiled config (default aot_eager: the "
+        "same graph capture without generating CPU kernels)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         from gated_attention.train.dryrun import dry_run
 
         cfg = load_run_config(args.config, overrides)
-        print(json.dumps(dry_run(cfg, args.out), indent=1))
+        print(json.dumps(dry_run(cfg, args.out, args.dry_run_compile), indent=1))
         return 0
     if args.out:
         overrides.append(f'out_dir="{args.out}"')

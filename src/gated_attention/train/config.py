@@ -46,6 +46,7 @@ DATA_KINDS = ("corpus", "backcopy", "files")
 SCHEDULES = ("cosine", "wsd", "constant")
 DTYPES = ("float32", "bfloat16")
 STRATEGIES = ("none", "ddp", "fsdp")
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager", "cudagraphs")
 CHECKPOINTING = ("none", "full", "attention")
 """``train.activation_checkpointing``: as ``gated_attention.model.CHECKPOINTING``."""
 
@@ -137,6 +138,10 @@ class TrainConfig:
     """``bfloat16`` runs the forward under autocast (weights and optimizer stay fp32)."""
     compile: bool = False
     """``torch.compile`` the model's training and evaluation forwards (with the loss)."""
+    compile_backend: str = "inductor"
+    """``torch.compile`` backend: ``inductor`` (generates kernels), ``aot_eager`` (traces
+    forward and backward like inductor, runs them eagerly: what ``--dry-run`` uses), ``eager``,
+    ``cudagraphs``."""
     activation_checkpointing: str = "none"
     """``none``; ``full``: recompute each decoder block in backward (keeps only block inputs);
     ``attention``: selective, recompute only each block's attention sublayer. Same values."""
@@ -167,6 +172,7 @@ class TrainConfig:
         _choice("train.schedule", self.schedule, SCHEDULES)
         _choice("train.dtype", self.dtype, DTYPES)
         _choice("train.activation_checkpointing", self.activation_checkpointing, CHECKPOINTING)
+        _choice("train.compile_backend", self.compile_backend, COMPILE_BACKENDS)
         _positive("train.threads", self.threads, zero_ok=True)
         _positive("train.z_loss", self.z_loss, zero_ok=True)
         if not 0 <= self.min_lr_ratio <= 1:

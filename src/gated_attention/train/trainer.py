@@ -126,7 +126,9 @@ class Trainer:
         self.model = GatedLM(self.model_cfg).to(self.device)
         self.model.checkpointing = tc.activation_checkpointing
         self.wrapped = dist_utils.wrap(self.model, self.dist, self.device)
-        self.forward_model = torch.compile(self.wrapped) if tc.compile else self.wrapped
+        self.forward_model = (
+            torch.compile(self.wrapped, backend=tc.compile_backend) if tc.compile else self.wrapped
+        )
         self.optimizer = build_optimizer(self.model, tc)
         self.spikes = cbs.SpikeMonitor(tc.spike_window, tc.spike_sigma)
         self.metrics = cbs.MetricsLog() if self.dist.is_main else None
