@@ -14,12 +14,18 @@ gated_attention`` alone does not import ``transformers``.)
   Qwen3-Next, Megatron) as documented index maps.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+)
 
 from .configuration import GatedAttentionConfig
 from .modeling import (
     GatedAttentionCausalLMOutput,
     GatedAttentionForCausalLM,
+    GatedAttentionForSequenceClassification,
     GatedAttentionModel,
     GatedAttentionModelOutput,
     GatedAttentionPreTrainedModel,
@@ -28,11 +34,15 @@ from .modeling import (
 AutoConfig.register(GatedAttentionConfig.model_type, GatedAttentionConfig, exist_ok=True)
 AutoModel.register(GatedAttentionConfig, GatedAttentionModel, exist_ok=True)
 AutoModelForCausalLM.register(GatedAttentionConfig, GatedAttentionForCausalLM, exist_ok=True)
+AutoModelForSequenceClassification.register(
+    GatedAttentionConfig, GatedAttentionForSequenceClassification, exist_ok=True
+)
 
 __all__ = [
     "GatedAttentionCausalLMOutput",
     "GatedAttentionConfig",
     "GatedAttentionForCausalLM",
+    "GatedAttentionForSequenceClassification",
     "GatedAttentionModel",
     "GatedAttentionModelOutput",
     "GatedAttentionPreTrainedModel",
