@@ -620,3 +620,21 @@ ModelConfig.PRESETS.update(
         },
     }
 )
+
+
+ROPE_FIELDS = ("rope_theta", "rope_scaling", "max_position_embeddings", "partial_rotary_factor")
+"""ModelConfig fields that change only how positions are encoded, never a weight shape."""
+
+
+def rope_only_difference(a: ModelConfig, b: ModelConfig) -> list[str]:
+    """Fields in which two configs differ; raises ``ValueError`` if any is not a RoPE field."""
+    da, db = a.to_dict(), b.to_dict()
+    diff = [k for k in da if da[k] != db[k]]
+    bad = [k for k in diff if k not in ROPE_FIELDS]
+    if bad:
+        details = "; ".join(f"{k}: {da[k]!r} vs {db[k]!r}" for k in bad)
+        raise ValueError(
+            f"the configs differ in non-RoPE fields ({details}); only {', '.join(ROPE_FIELDS)} "
+            "may change when weights are carried over"
+        )
+    return diff

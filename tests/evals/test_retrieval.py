@@ -7,17 +7,17 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from gated_attention.data import BigramBackcopyTask, train_tokenizer
-from gated_attention.evals import (
+from gated_attention.data import (
     AssociativeRecallTask,
+    BigramBackcopyTask,
     PasskeyTask,
     RetrievalMixSource,
     RetrievalVocab,
-    evaluate_retrieval,
     make_batch,
     pattern_filler,
-    score_batch,
+    train_tokenizer,
 )
+from gated_attention.evals import evaluate_retrieval, score_batch
 from gated_attention.train.config import DataConfig
 from gated_attention.train.datasets import build_data
 from tests.evals.conftest import tiny_model

@@ -50,7 +50,6 @@ def test_load_model_with_rope_overrides(tmp_path):
 
 
 def test_continue_training_at_a_longer_length_with_a_larger_base(tmp_path):
-    from gated_attention.evals import continue_training
     from gated_attention.train import RunConfig, load_model, train
 
     common = dict(
@@ -65,7 +64,7 @@ def test_continue_training_at_a_longer_length_with_a_larger_base(tmp_path):
         data={"kind": "backcopy", "seq_len": 64, "vocab_size": 32},
         train=common["train"],
     )
-    result = continue_training(tmp_path / "a", second)
+    result = train(second, init_from=tmp_path / "a")
     assert result.steps == 2
     assert load_model(tmp_path / "b").cfg.rope_theta == 1e6
     bad = RunConfig(
@@ -74,4 +73,4 @@ def test_continue_training_at_a_longer_length_with_a_larger_base(tmp_path):
         **common,
     )
     with pytest.raises(ValueError, match="non-RoPE"):
-        continue_training(tmp_path / "a", bad)
+        train(bad, init_from=tmp_path / "a")

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from gated_attention import GatedLM
-from gated_attention.train import load_model, load_run_config, read_metrics, train
+from gated_attention.train import TrainerCallback, load_model, load_run_config, read_metrics, train
 from gated_attention.train.checkpoint import latest_checkpoint, list_checkpoints
 from tests.train.conftest import cli_env, run_cli
 
@@ -232,3 +232,45 @@ def test_corpus_shorter_than_one_window(write_config, tmp_path):
         check=False,
     )
     _one_line_error(proc, "window")
+
+
+class _Counter(TrainerCallback):
+    """Adds a running count to each step record; its state rides in checkpoints."""
+
+    state_key = "counter"
+
+    def __init__(self) -> None:
+        self.count, self.events = 0, []
+
+    def on_step_end(self, trainer, record):
+        self.count += 1
+        record["count"] = self.count
+
+    def on_eval(self, trainer, val_loss):
+        self.events.append(("eval", trainer.step))
+
+    def on_checkpoint(self, trainer, path):
+        self.events.append(("ckpt", path.name))
+
+    def state_dict(self):
+        return {"count": self.count}
+
+    def load_state_dict(self, state):
+        self.count = state["count"]
+
+
+def test_user_callbacks_add_metrics_and_resume_their_state(write_config):
+    cfg = load_run_config(write_config(steps=10, ckpt_every=5, eval_every=5))
+    first = _Counter()
+    train(load_run_config(write_config(steps=5, ckpt_every=5, eval_every=5)), callbacks=[first])
+    assert first.events == [("eval", 5), ("ckpt", "step_0000005")]
+    out = Path(cfg.out_dir)
+    state = json.loads(
+        (list_checkpoints(out / "checkpoints")[-1] / "trainer_state.json").read_text()
+    )
+    assert list(state)[2:5] == ["rng", "spikes", "counter"] and state["counter"] == {"count": 5}
+    train(cfg, resume=True, callbacks=[second := _Counter()])
+    assert [r["count"] for r in read_metrics(out / "metrics.jsonl")] == list(range(1, 11))
+    assert second.count == 10
+    with pytest.raises(ValueError, match="state_key"):
+        train(cfg, callbacks=[type("Bad", (TrainerCallback,), {"state_key": "step"})()])

@@ -10,6 +10,7 @@
 * :func:`prepare_data` runs all of the above with caching and returns :class:`PreparedData`.
 * :class:`BigramBackcopyTask` is the synthetic task of Guo et al. (2024) that grows attention
   sinks in 1-3 layer models.
+* :mod:`.retrieval`: passkey / associative-recall generators and the ``data.retrieval_mix``.
 
 Progress is logged to the ``gated_attention.data`` logger.
 """
@@ -25,6 +26,18 @@ from gated_attention.data.packed import (
     verify_token_file,
 )
 from gated_attention.data.prepare import PreparedData, load_prepared, prepare_data
+from gated_attention.data.retrieval import (
+    RETRIEVAL_TASKS,
+    AssociativeRecallTask,
+    PasskeyTask,
+    RetrievalBatch,
+    RetrievalMixSource,
+    RetrievalVocab,
+    make_batch,
+    make_task,
+    pattern_filler,
+    retrieval_vocab,
+)
 from gated_attention.data.sources import DEFAULT_SOURCES, SOURCES, CorpusSource
 from gated_attention.data.synthetic import BigramBackcopyTask
 from gated_attention.data.tokenizer import (
@@ -42,14 +55,20 @@ __all__ = [
     "DEFAULT_SOURCES",
     "EOS_TOKEN",
     "PAD_TOKEN",
+    "RETRIEVAL_TASKS",
     "SOURCES",
     "SPECIAL_TOKENS",
+    "AssociativeRecallTask",
     "BigramBackcopyTask",
     "CorpusError",
     "CorpusSource",
     "DataError",
     "PackedTokenDataset",
+    "PasskeyTask",
     "PreparedData",
+    "RetrievalBatch",
+    "RetrievalMixSource",
+    "RetrievalVocab",
     "TokenFileInfo",
     "build_token_file",
     "default_cache_dir",
@@ -57,10 +76,14 @@ __all__ = [
     "load_documents",
     "load_prepared",
     "load_tokenizer",
+    "make_batch",
+    "make_task",
+    "pattern_filler",
     "prepare_corpus",
     "prepare_data",
     "read_corpus_manifest",
     "read_token_file_info",
+    "retrieval_vocab",
     "tokenizer_fingerprint",
     "train_tokenizer",
     "verify_token_file",

@@ -2,11 +2,10 @@
 
 * :mod:`.scaling`: :func:`scaling_config`, :func:`with_rope_scaling` (evaluation-time context
   extension sharing the weights), :func:`load_model_with` (a checkpoint in a config that differs
-  in RoPE fields), :func:`continue_training` (longer length / larger base from a trained run).
+  in RoPE fields).
 * :mod:`.streams`: evaluation token streams and :func:`windows` (same tokens at every length).
 * :mod:`.perplexity`: :func:`perplexity_at_lengths`, per-position loss, streamed F-Attn.
-* :mod:`.retrieval`: passkey and associative-recall generators, exact-match scoring and the
-  training mix (:class:`RetrievalMixSource`, ``data.retrieval_mix``).
+* :mod:`.retrieval`: exact-match scoring of the tasks of :mod:`gated_attention.data.retrieval`.
 * :mod:`.streaming`: the StreamingLLM windowed-cache test.
 * :mod:`.long_context`: :func:`run_long_context_study` and
   :func:`train_and_evaluate_long_context`.
@@ -26,25 +25,9 @@ from gated_attention.evals.perplexity import (
     token_losses,
 )
 from gated_attention.evals.report import PAPER_TABLE5
-from gated_attention.evals.retrieval import (
-    DEFAULT_DEPTHS,
-    RETRIEVAL_TASKS,
-    AssociativeRecallTask,
-    PasskeyTask,
-    RetrievalBatch,
-    RetrievalMixSource,
-    RetrievalVocab,
-    evaluate_retrieval,
-    make_batch,
-    make_task,
-    pattern_filler,
-    retrieval_vocab,
-    score_batch,
-)
+from gated_attention.evals.retrieval import DEFAULT_DEPTHS, evaluate_retrieval, score_batch
 from gated_attention.evals.scaling import (
-    ROPE_FIELDS,
     SCALING_MODES,
-    continue_training,
     load_model_with,
     scaling_config,
     with_rope_config,
@@ -57,25 +40,13 @@ __all__ = [
     "DEFAULT_ARMS",
     "DEFAULT_DEPTHS",
     "PAPER_TABLE5",
-    "RETRIEVAL_TASKS",
-    "ROPE_FIELDS",
     "SCALES",
     "SCALING_MODES",
-    "AssociativeRecallTask",
-    "PasskeyTask",
-    "RetrievalBatch",
-    "RetrievalMixSource",
-    "RetrievalVocab",
     "TokenStream",
-    "continue_training",
     "evaluate_retrieval",
     "first_token_mass_long",
     "load_model_with",
-    "make_batch",
-    "make_task",
-    "pattern_filler",
     "perplexity_at_lengths",
-    "retrieval_vocab",
     "run_long_context_study",
     "run_stream",
     "scaling_config",

@@ -158,12 +158,8 @@ def run(args: argparse.Namespace) -> int:
             )
             summary = ", ".join(f"{n}: {r['ppl']:.2f}" for n, r in res.items())
         elif args.kind in ("passkey", "recall"):
-            from gated_attention.evals.retrieval import (
-                evaluate_retrieval,
-                make_task,
-                pattern_filler,
-                retrieval_vocab,
-            )
+            from gated_attention.data.retrieval import make_task, pattern_filler, retrieval_vocab
+            from gated_attention.evals.retrieval import evaluate_retrieval
 
             tok = run_dir / "tokenizer.json"
             tok = tok if tok.is_file() else stream.tokenizer_path

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from gated_attention.data.retrieval import make_task, retrieval_vocab
 from gated_attention.evals.perplexity import bin_curve, perplexity_at_lengths
 from gated_attention.evals.report import (
     PAPER_TABLE5,
@@ -30,12 +31,7 @@ from gated_attention.evals.report import (
     verdict,
     write_markdown,
 )
-from gated_attention.evals.retrieval import (
-    DEFAULT_DEPTHS,
-    evaluate_retrieval,
-    make_task,
-    retrieval_vocab,
-)
+from gated_attention.evals.retrieval import DEFAULT_DEPTHS, evaluate_retrieval
 from gated_attention.evals.scaling import SCALING_MODES, scaling_config, with_rope_scaling
 from gated_attention.evals.streaming import streaming_perplexity
 from gated_attention.evals.streams import (

@@ -5,33 +5,24 @@
 * :func:`with_rope_scaling` / :func:`with_rope_config` return a model that shares every weight
   with the given one but evaluates RoPE differently (evaluation-time extension).
 * :func:`load_model_with` loads a checkpoint into a config that differs only in RoPE fields.
-* :func:`continue_training` trains a run initialised from another run's weights, e.g. at a
-  longer length with a larger base (the paper's 4k -> 32k stage with base 10k -> 1M,
-  section 4.3 / Table 5).
+* Continued training at a longer length / larger base (the paper's 4k -> 32k stage with base
+  10k -> 1M, section 4.3 / Table 5) is :func:`gated_attention.train.train` with ``init_from``.
 """
 
 from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from gated_attention.config import ModelConfig
+from gated_attention.config import ROPE_FIELDS
 from gated_attention.model import GatedLM, RotaryEmbedding
 from gated_attention.ops.rope import check_rope_scaling
 
-if TYPE_CHECKING:
-    from gated_attention.train import RunConfig, TrainResult
-
 SCALING_MODES = ("none", "linear", "ntk", "dynamic", "yarn")
 """Names accepted by :func:`scaling_config` (``none`` is plain RoPE)."""
-
-ROPE_FIELDS = ("rope_theta", "rope_scaling", "max_position_embeddings", "partial_rotary_factor")
-"""ModelConfig fields that change only how positions are encoded, never a weight shape."""
-
-_MODE_TO_TYPE = {"linear": "linear", "ntk": "ntk", "dynamic": "dynamic", "yarn": "yarn"}
 
 
 def scaling_config(
@@ -53,14 +44,11 @@ def scaling_config(
         )
     if mode == "none":
         return None
-    if (
-        isinstance(original_length, bool)
-        or int(original_length) != original_length
-        or original_length < 1
-    ):
+    length = original_length
+    if isinstance(length, bool) or int(length) != length or length < 1:
         raise ValueError(f"original_length must be a positive integer, got {original_length!r}.")
     scaling = {
-        "rope_type": _MODE_TO_TYPE[mode],
+        "rope_type": mode,
         "factor": float(factor),
         "original_max_position_embeddings": int(original_length),
         **extra,
@@ -75,10 +63,6 @@ def _check_rope_overrides(overrides: dict[str, Any]) -> None:
                 f"{key!r} is not a RoPE field; a trained model can only be re-configured in "
                 f"{', '.join(ROPE_FIELDS)} (other fields change the weights)."
             )
-
-
-def _model_device(model: GatedLM) -> torch.device:
-    return model.embed_tokens.weight.device
 
 
 def with_rope_config(model: GatedLM, **overrides: Any) -> GatedLM:
@@ -104,7 +88,7 @@ def with_rope_config(model: GatedLM, **overrides: Any) -> GatedLM:
         if isinstance(value, dict):
             new.__dict__[key] = value.copy()
     new.cfg = cfg
-    new.rotary = RotaryEmbedding(cfg).to(_model_device(model))
+    new.rotary = RotaryEmbedding(cfg).to(model.embed_tokens.weight.device)
     return new
 
 
@@ -130,42 +114,3 @@ def load_model_with(
     _check_rope_overrides(overrides)
     model = load_model(path, device=device)
     return with_rope_config(model, **overrides) if overrides else model
-
-
-def rope_only_difference(a: ModelConfig, b: ModelConfig) -> list[str]:
-    """Fields in which two configs differ; raises ``ValueError`` if any is not a RoPE field."""
-    da, db = a.to_dict(), b.to_dict()
-    diff = [k for k in da if da[k] != db[k]]
-    bad = [k for k in diff if k not in ROPE_FIELDS]
-    if bad:
-        details = "; ".join(f"{k}: {da[k]!r} vs {db[k]!r}" for k in bad)
-        raise ValueError(
-            f"the configs differ in non-RoPE fields ({details}); only {', '.join(ROPE_FIELDS)} "
-            "may change when weights are carried over"
-        )
-    return diff
-
-
-def continue_training(init_from: str | Path, cfg: RunConfig, resume: bool = False) -> TrainResult:
-    """Train ``cfg`` starting from the weights of another run (same architecture).
-
-    Use it for the paper's context-extension stage: copy the first run's config, raise
-    ``data.seq_len`` and ``model.max_position_embeddings``, set ``model.rope_theta`` (e.g.
-    10x-100x larger) and train for a few steps. The model config may differ from the source's
-    only in :data:`ROPE_FIELDS`. With ``resume=True`` and checkpoints in ``cfg.out_dir`` the
-    run resumes from them instead. Single process (or DDP); the optimizer starts fresh.
-    """
-    from gated_attention.train import checkpoint as ckpt
-    from gated_attention.train import distributed as dist_utils
-    from gated_attention.train import load_model
-    from gated_attention.train.trainer import Trainer
-
-    try:
-        trainer = Trainer(cfg, resume=resume)
-        if not (resume and ckpt.latest_checkpoint(trainer.ckpt_root) is not None):
-            source = load_model(init_from)
-            rope_only_difference(source.cfg, trainer.model_cfg)
-            ckpt.load_weights(trainer.model, ckpt.model_state(source), str(init_from))
-        return trainer.fit()
-    finally:
-        dist_utils.teardown()

@@ -1,5 +1,6 @@
-"""Training: run configs, the trainer loop, checkpoints, distributed wrappers, monitors."""
+"""Training: run configs, the trainer loop and its callbacks, checkpoints, distributed wrappers."""
 
+from gated_attention.train.callbacks import SpikeMonitor, TrainerCallback, read_metrics
 from gated_attention.train.checkpoint import (
     CheckpointError,
     latest_checkpoint,
@@ -13,7 +14,6 @@ from gated_attention.train.config import (
     TrainConfig,
     load_run_config,
 )
-from gated_attention.train.monitor import SpikeMonitor, read_metrics
 from gated_attention.train.optim import build_optimizer, lr_at
 from gated_attention.train.trainer import Trainer, TrainingDiverged, TrainResult, train
 
@@ -26,6 +26,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "Trainer",
+    "TrainerCallback",
     "TrainingDiverged",
     "build_optimizer",
     "latest_checkpoint",

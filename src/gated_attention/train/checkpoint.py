@@ -5,7 +5,7 @@ A checkpoint is a directory ``checkpoints/step_0000100/`` holding
 - ``model.safetensors``: the weights (tied ``lm_head`` stored once, as ``embed_tokens``);
 - ``model_config.json``: the :class:`~gated_attention.ModelConfig`;
 - ``optimizer.pt``: optimizer state (or ``dcp/`` for FSDP2's sharded state);
-- ``trainer_state.json``: step, RNG states, data position, spike-monitor state, run config;
+- ``trainer_state.json``: step, RNG states, callback states, data position, run config;
 - ``manifest.json``: sha256 of every file above, written last.
 
 Everything is written into a temporary sibling directory, fsynced and renamed into place, so a
@@ -130,10 +130,6 @@ def load_weights(model: GatedLM, state: dict[str, torch.Tensor], source: str = "
         )
 
 
-def step_dir(root: Path, step: int) -> Path:
-    return root / f"step_{step:07d}"
-
-
 def list_checkpoints(root: str | Path) -> list[Path]:
     """Complete checkpoint directories under ``root``, oldest first."""
     root = Path(root)
@@ -187,7 +183,7 @@ def save_checkpoint(
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    final = step_dir(root, step)
+    final = root / f"step_{step:07d}"
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)

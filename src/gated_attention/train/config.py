@@ -29,13 +29,13 @@ overrides any field (values parsed as TOML literals).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from gated_attention.config import ModelConfig
+from gated_attention.config import ModelConfig, _suggest
+from gated_attention.data.retrieval import RETRIEVAL_TASKS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -43,15 +43,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 DATA_KINDS = ("corpus", "backcopy", "files")
-RETRIEVAL_TASKS = ("passkey", "recall")
 SCHEDULES = ("cosine", "wsd", "constant")
 DTYPES = ("float32", "bfloat16")
 STRATEGIES = ("none", "ddp", "fsdp")
-
-
-def _suggest(key: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(key, valid, n=1)
-    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 def _build(cls: type, data: dict[str, Any], where: str) -> Any:
@@ -99,7 +93,7 @@ class DataConfig:
     """backcopy: seed of the bigram chain (fixed across arms so they learn the same task)."""
     retrieval_mix: float = 0.0
     """Share of training sequences replaced by synthetic retrieval examples at the training
-    length (``gated_attention.evals.retrieval``); deterministic per (seed, step). 0 disables."""
+    length (``gated_attention.data.retrieval``); deterministic per (seed, step). 0 disables."""
     retrieval_task: str = "passkey"
     """``passkey`` (passkey retrieval) or ``recall`` (multi-query associative recall)."""
 
@@ -193,12 +187,10 @@ class RunConfig:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def __post_init__(self) -> None:
-        if isinstance(self.data, dict):
-            self.data = _build(DataConfig, self.data, "data")
-        if isinstance(self.train, dict):
-            self.train = _build(TrainConfig, self.train, "train")
-        if isinstance(self.distributed, dict):
-            self.distributed = _build(DistributedConfig, self.distributed, "distributed")
+        sections = {"data": DataConfig, "train": TrainConfig, "distributed": DistributedConfig}
+        for name, cls in sections.items():
+            if isinstance(getattr(self, name), dict):
+                setattr(self, name, _build(cls, getattr(self, name), name))
         self.model_config(vocab_size=None)  # validate the model section early
 
     def model_config(self, vocab_size: int | None) -> ModelConfig:

@@ -5,12 +5,19 @@ world_size)`` (a pure function of its arguments, which makes resume exact) and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
+from gated_attention.data import (
+    BigramBackcopyTask,
+    PackedTokenDataset,
+    load_tokenizer,
+    prepare_data,
+)
+from gated_attention.data.retrieval import with_retrieval_mix
 from gated_attention.train.config import DataConfig
 
 
@@ -36,24 +43,16 @@ class RunData:
 
 def build_data(cfg: DataConfig) -> RunData:
     if cfg.kind == "backcopy":
-        from gated_attention.data.synthetic import BigramBackcopyTask
-
         task = BigramBackcopyTask(
             vocab_size=cfg.vocab_size,
             num_triggers=cfg.num_triggers,
             seq_len=cfg.seq_len,
             seed=cfg.task_seed,
         )
-        data = RunData(
-            train=task,
-            val=task.split("val") if hasattr(task, "split") else task,
-            vocab_size=cfg.vocab_size,
-            info={"kind": "backcopy", "task": _public(task)},
-            task=task,
-        )
+        public = {k: v for k, v in asdict(task).items() if not k.startswith("_")}
+        info = {"kind": "backcopy", "task": public}
+        data = RunData(train=task, val=task, vocab_size=cfg.vocab_size, info=info, task=task)
         return _mix_retrieval(data, cfg, bos_id=task.bos_id)
-    from gated_attention.data import PackedTokenDataset, load_tokenizer, prepare_data
-
     documents = cfg.path if cfg.kind == "files" else None
     prepared = prepare_data(
         cache_dir=cfg.cache_dir,
@@ -89,8 +88,6 @@ def _mix_retrieval(data: RunData, cfg: DataConfig, bos_id: int | None) -> RunDat
     validation stays the plain corpus."""
     if cfg.retrieval_mix <= 0:
         return data
-    from gated_attention.evals.retrieval import with_retrieval_mix
-
     data.train, info = with_retrieval_mix(
         data.train,
         cfg.retrieval_task,
@@ -101,11 +98,3 @@ def _mix_retrieval(data: RunData, cfg: DataConfig, bos_id: int | None) -> RunDat
     )
     data.info["retrieval_mix"] = info
     return data
-
-
-def _public(obj: Any) -> dict[str, Any]:
-    from dataclasses import asdict, is_dataclass
-
-    if is_dataclass(obj):
-        return {k: v for k, v in asdict(obj).items() if not k.startswith("_")}
-    return {"repr": repr(obj)}

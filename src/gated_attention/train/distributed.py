@@ -27,10 +27,6 @@ class DistInfo:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1 or self.strategy != "none"
-
 
 def setup(cfg: DistributedConfig, device: torch.device) -> DistInfo:
     """Initialise the process group when launched by ``torchrun``."""

@@ -1,9 +1,10 @@
 """The training loop: one entry point from one CPU to many GPUs.
 
 ``train(run_config)`` builds data, model, optimizer, resumes from the newest valid checkpoint
-when asked, and runs optimizer steps. Each step's global batch is a pure function of
-``(seed, step)``, and checkpoints hold everything else (weights, optimizer, RNG, monitors), so
-a resumed run repeats the uninterrupted run's losses exactly on CPU.
+when asked (or starts from another run's weights, ``init_from``), and runs optimizer steps. Each
+step's global batch is a pure function of ``(seed, step)``, and checkpoints hold everything else
+(weights, optimizer, RNG, callback state), so a resumed run repeats the uninterrupted run's losses
+exactly on CPU. Monitors are :mod:`~gated_attention.train.callbacks`.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ import numpy as np
 import torch
 
 from gated_attention import __version__
+from gated_attention.config import rope_only_difference
 from gated_attention.model import GatedLM, count_parameters, lm_loss
+from gated_attention.train import callbacks as cbs
 from gated_attention.train import checkpoint as ckpt
 from gated_attention.train import distributed as dist_utils
 from gated_attention.train.config import RunConfig
 from gated_attention.train.datasets import RunData, build_data
-from gated_attention.train.monitor import GateMeter, MetricsLog, SpikeMonitor
 from gated_attention.train.optim import build_optimizer, lr_at
 
 log = logging.getLogger("gated_attention.train")
@@ -52,15 +54,10 @@ class TrainResult:
     parameters: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
-        d["out_dir"] = str(self.out_dir)
-        return d
+        return {**self.__dict__, "out_dir": str(self.out_dir)}
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+_STATE_KEYS = ("step", "tokens_seen", "rng", "data_position", "last_val", "run_config", "version")
 
 
 def _rng_state() -> dict[str, Any]:
@@ -86,12 +83,28 @@ def seed_everything(seed: int) -> None:
 
 
 class Trainer:
-    """Owns one run: ``Trainer(cfg).fit()``."""
+    """Owns one run: ``Trainer(cfg).fit()``.
 
-    def __init__(self, cfg: RunConfig, resume: bool = False, data: RunData | None = None) -> None:
+    ``resume``: continue from the newest valid checkpoint in ``cfg.out_dir``. ``data``: sources
+    instead of ``build_data(cfg.data)``. ``callbacks``: extra :class:`~.callbacks.TrainerCallback`
+    s. ``init_from``: a saved model or run whose weights start a fresh run (e.g. at a longer length
+    with a larger RoPE base; the model configs may differ only in
+    :data:`~gated_attention.config.ROPE_FIELDS`); the optimizer starts fresh (not under FSDP).
+    """
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        resume: bool = False,
+        data: RunData | None = None,
+        callbacks: list[cbs.TrainerCallback] | None = None,
+        init_from: str | Path | None = None,
+    ) -> None:
         self.cfg = cfg
         self.resume = resume
-        self.device = resolve_device(cfg.train.device)
+        self.init_from = init_from
+        auto = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(auto if cfg.train.device == "auto" else cfg.train.device)
         self.dist = dist_utils.setup(cfg.distributed, self.device)
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
@@ -112,9 +125,18 @@ class Trainer:
         self.wrapped = dist_utils.wrap(self.model, self.dist, self.device)
         self.forward_model = torch.compile(self.wrapped) if tc.compile else self.wrapped
         self.optimizer = build_optimizer(self.model, tc)
-        self.spikes = SpikeMonitor(tc.spike_window, tc.spike_sigma)
-        self.step = 0
-        self.tokens_seen = 0
+        self.spikes = cbs.SpikeMonitor(tc.spike_window, tc.spike_sigma)
+        self.metrics = cbs.MetricsLog() if self.dist.is_main else None
+        self.callbacks = [self.spikes, cbs.GateMeter(), *(callbacks or [])]
+        if self.metrics is not None:
+            self.callbacks.append(self.metrics)
+            self.callbacks += [cbs.ProgressBar()] if tc.progress else []
+            self.callbacks += [cbs.TensorBoardLog()] if tc.tensorboard else []
+        keys = [cb.state_key for cb in self.callbacks if cb.state_key]
+        if len(set(keys)) < len(keys) or set(keys) & set(_STATE_KEYS):
+            raise ValueError(f"callbacks need distinct state_keys outside {_STATE_KEYS}: {keys}")
+        self.resumed = False
+        self.step = self.tokens_seen = 0
         self.last_val: float | None = None
 
     # ------------------------------------------------------------------ state
@@ -123,7 +145,7 @@ class Trainer:
             "step": self.step,
             "tokens_seen": self.tokens_seen,
             "rng": _rng_state(),
-            "spikes": self.spikes.state_dict(),
+            **{cb.state_key: cb.state_dict() for cb in self.callbacks if cb.state_key},
             "data_position": {"next_step": self.step, "seed": self.cfg.seed},
             "last_val": self.last_val,
             "run_config": self.cfg.to_dict(),
@@ -205,10 +227,11 @@ class Trainer:
         else:
             ckpt.load_weights(self.model, weights, str(path))
             self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
-        self.step = state["step"]
-        self.tokens_seen = state["tokens_seen"]
+        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
         self.last_val = state.get("last_val")
-        self.spikes.load_state_dict(state["spikes"])
+        for cb in self.callbacks:
+            if cb.state_key in state:
+                cb.load_state_dict(state[cb.state_key])
         _set_rng_state(state["rng"])
 
     # ------------------------------------------------------------------ steps
@@ -253,10 +276,8 @@ class Trainer:
                 loss.backward()
             total += loss.detach()
             self.tokens_seen += ids.numel() * self.dist.world_size
-        if tc.grad_clip > 0:
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
-        else:
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), float("inf"))
+        clip = tc.grad_clip if tc.grad_clip > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         loss_value = float(dist_utils.all_reduce_mean(total, self.dist))
@@ -286,115 +307,87 @@ class Trainer:
         return float(total[0] / total[1]) if total[1] > 0 else float("nan")
 
     # ------------------------------------------------------------------ loop
-    def fit(self) -> TrainResult:
-        tc = self.cfg.train
+    def _restore(self) -> None:
+        """Resume from the newest valid checkpoint, or start from ``init_from`` (or scratch)."""
         main = self.dist.is_main
-        resumed_from = None
-        if self.resume:
-            resumed_from = ckpt.latest_checkpoint(self.ckpt_root)
-            if resumed_from is not None:
-                self.load(resumed_from)
-                if main:
-                    log.info("resumed from %s (step %d)", resumed_from, self.step)
-            elif main:
-                log.info("no checkpoint to resume from in %s; starting fresh", self.ckpt_root)
+        path = ckpt.latest_checkpoint(self.ckpt_root) if self.resume else None
+        if path is not None:
+            self.load(path)
+            self.resumed = True
+            if main:
+                log.info("resumed from %s (step %d)", path, self.step)
+            return
+        if self.resume and main:
+            log.info("no checkpoint to resume from in %s; starting fresh", self.ckpt_root)
         elif main and self.ckpt_root.exists() and ckpt.list_checkpoints(self.ckpt_root):
             raise ValueError(
                 f"{self.out_dir} already holds checkpoints; pass --resume to continue that run "
                 "or choose another out_dir"
             )
-        metrics = None
-        if main:
+        if self.init_from is not None:
+            source = ckpt.load_model(self.init_from)
+            rope_only_difference(source.cfg, self.model_cfg)
+            ckpt.load_weights(self.model, ckpt.model_state(source), str(self.init_from))
+
+    def at_interval(self, every: int) -> bool:
+        """Whether the step just taken is a multiple of ``every`` (0: never) or the last one."""
+        return (bool(every) and self.step % every == 0) or self.step == self.cfg.train.steps
+
+    def _emit(self, hook: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, *args)
+
+    def _diverged(self, loss: float) -> None:
+        """Log the non-finite loss, then raise or warn (``train.stop_on_nonfinite``)."""
+        last = ckpt.latest_checkpoint(self.ckpt_root) if self.dist.is_main else None
+        msg = f"loss became non-finite ({loss}) at step {self.step}; last good checkpoint: "
+        msg += str(last or "none")
+        if self.metrics is not None:
+            self.metrics.write({"kind": "train", "step": self.step, "loss": loss, "diverged": True})
+        if self.cfg.train.stop_on_nonfinite:
+            raise TrainingDiverged(msg)
+        log.warning(msg)
+
+    def fit(self) -> TrainResult:
+        tc = self.cfg.train
+        self._restore()
+        if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self._write_run_files()
-            metrics = MetricsLog(
-                self.out_dir / "metrics.jsonl", self.step if resumed_from else None
-            )
-        writer = self._tensorboard() if main and tc.tensorboard else None
-        progress = None
-        if main and tc.progress:
-            from tqdm.auto import tqdm
-
-            progress = tqdm(total=tc.steps, initial=self.step, unit="step", dynamic_ncols=True)
         self.model.train()
-        start = time.perf_counter()
-        start_tokens = self.tokens_seen
-        loss = None
-        diverged_at = None
+        start, start_tokens = time.perf_counter(), self.tokens_seen
+        loss = diverged_at = None
         try:
-            with GateMeter(self.model) as gates:
-                while self.step < tc.steps:
-                    t0 = time.perf_counter()
-                    loss, gnorm = self.train_step()
-                    dt = time.perf_counter() - t0
-                    gate_mean = gates.pop()
-                    if not math.isfinite(loss):
-                        diverged_at = self.step
-                        last = ckpt.latest_checkpoint(self.ckpt_root) if main else None
-                        msg = (
-                            f"loss became non-finite ({loss}) at step {self.step}; last good "
-                            f"checkpoint: {last if last else 'none'}"
-                        )
-                        if metrics:
-                            metrics.write(
-                                {"kind": "train", "step": self.step, "loss": loss, "diverged": True}
-                            )
-                        if tc.stop_on_nonfinite:
-                            raise TrainingDiverged(msg)
-                        log.warning(msg)
-                        break
-                    spike = self.spikes.update(loss)
-                    self.step += 1
-                    tokens = tc.batch_size * self.cfg.data.seq_len
-                    record = {
-                        "kind": "train",
-                        "step": self.step,
-                        "loss": loss,
-                        "lr": lr_at(self.step - 1, tc),
-                        "grad_norm": gnorm,
-                        "tokens_per_s": tokens / dt if dt > 0 else None,
-                        "spike": spike,
-                        "spikes": self.spikes.spikes,
-                        "spike_score": self.spikes.spike_score,
-                    }
-                    if gate_mean is not None:
-                        record["gate_mean"] = gate_mean
-                    if metrics and (self.step % tc.log_every == 0 or self.step == tc.steps):
-                        metrics.write(record)
-                        if writer:
-                            for k in ("loss", "lr", "grad_norm"):
-                                writer.add_scalar(f"train/{k}", record[k], self.step)
-                    if progress:
-                        progress.update(1)
-                        progress.set_postfix(
-                            loss=f"{loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}"
-                        )
-                    do_eval = tc.eval_every and (self.step % tc.eval_every == 0)
-                    if do_eval or self.step == tc.steps:
-                        self.last_val = self.evaluate()
-                        if metrics:
-                            metrics.write(
-                                {
-                                    "kind": "eval",
-                                    "step": self.step,
-                                    "val_loss": self.last_val,
-                                    "val_ppl": math.exp(min(self.last_val, 50)),
-                                }
-                            )
-                            if writer:
-                                writer.add_scalar("val/loss", self.last_val, self.step)
-                    if (tc.ckpt_every and self.step % tc.ckpt_every == 0) or self.step == tc.steps:
-                        self.save()
+            self._emit("on_train_start")
+            while self.step < tc.steps:
+                t0 = time.perf_counter()
+                loss, gnorm = self.train_step()
+                dt = time.perf_counter() - t0
+                if not math.isfinite(loss):
+                    diverged_at = self.step
+                    self._diverged(loss)
+                    break
+                self.step += 1
+                record = {
+                    "kind": "train",
+                    "step": self.step,
+                    "loss": loss,
+                    "lr": lr_at(self.step - 1, tc),
+                    "grad_norm": gnorm,
+                    "tokens_per_s": tc.batch_size * self.cfg.data.seq_len / dt if dt > 0 else None,
+                }
+                self._emit("on_step_end", record)
+                if self.at_interval(tc.eval_every):
+                    self.last_val = self.evaluate()
+                    self._emit("on_eval", self.last_val)
+                if self.at_interval(tc.ckpt_every):
+                    self._emit("on_checkpoint", self.save())
         finally:
-            if progress:
-                progress.close()
-            if metrics:
-                metrics.close()
-            if writer:
-                writer.close()
+            self._emit("on_train_end")
         wall = time.perf_counter() - start
-        if main and diverged_at is None:
+        if self.dist.is_main and diverged_at is None:
             self._export_final()
+        params = {} if self.dist.strategy == "fsdp" else count_parameters(self.model).to_dict()
         result = TrainResult(
             out_dir=self.out_dir,
             steps=self.step,
@@ -405,11 +398,9 @@ class Trainer:
             spike_score=self.spikes.spike_score,
             wall_time=wall,
             tokens_per_second=(self.tokens_seen - start_tokens) / wall if wall > 0 else 0.0,
-            parameters=count_parameters(self.model).to_dict()
-            if self.dist.strategy != "fsdp"
-            else {},
+            parameters=params,
         )
-        if main:
+        if self.dist.is_main:
             (self.out_dir / "result.json").write_text(json.dumps(result.to_dict(), indent=1))
         return result
 
@@ -428,27 +419,24 @@ class Trainer:
     def _write_run_files(self) -> None:
         (self.out_dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=1))
         (self.out_dir / "model_config.json").write_text(self.model_cfg.to_json())
-        info = dict(self.data.info)
-        (self.out_dir / "data.json").write_text(json.dumps(info, indent=1, default=str))
+        (self.out_dir / "data.json").write_text(json.dumps(self.data.info, indent=1, default=str))
         if self.data.tokenizer_path is not None:
             tok = self.data.tokenizer_path
             src = tok if tok.is_file() else tok / "tokenizer.json"
             if src.exists():
                 shutil.copy2(src, self.out_dir / "tokenizer.json")
 
-    def _tensorboard(self) -> Any:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as err:
-            raise ValueError(
-                "train.tensorboard = true needs the tensorboard package (pip install tensorboard)"
-            ) from err
-        return SummaryWriter(str(self.out_dir / "tensorboard"))
 
-
-def train(cfg: RunConfig, resume: bool = False, data: RunData | None = None) -> TrainResult:
-    """Train one run described by ``cfg``; tears down the process group afterwards."""
+def train(
+    cfg: RunConfig,
+    resume: bool = False,
+    data: RunData | None = None,
+    callbacks: list[cbs.TrainerCallback] | None = None,
+    init_from: str | Path | None = None,
+) -> TrainResult:
+    """Train one run described by ``cfg`` (arguments as :class:`Trainer`); tears down the
+    process group afterwards."""
     try:
-        return Trainer(cfg, resume=resume, data=data).fit()
+        return Trainer(cfg, resume, data, callbacks, init_from).fit()
     finally:
         dist_utils.teardown()
