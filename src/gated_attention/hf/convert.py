@@ -39,6 +39,7 @@ __all__ = [
     "FORMATS",
     "REGISTRY",
     "ConversionError",
+    "check_exportable",
     "expected_shapes",
     "export_checkpoint",
     "export_state",
@@ -225,7 +226,7 @@ MAPPED_FIELDS = frozenset(SHARED_FIELDS) | {
 field added to the core later is refused by name rather than silently dropped)."""
 
 
-def _check_exportable(cfg: ModelConfig, fmt: CheckpointFormat) -> None:
+def check_exportable(cfg: ModelConfig, fmt: CheckpointFormat) -> None:
     """Raise for the first field ``fmt`` cannot express."""
     default = ModelConfig()
     for f in dataclasses.fields(ModelConfig):
@@ -329,7 +330,7 @@ def export_state(
 ) -> dict[str, torch.Tensor]:
     """Our state dict (``GatedAttentionForCausalLM`` keys) -> ``fmt`` keys and layout."""
     form = get_format(fmt)
-    _check_exportable(cfg, form)
+    check_exportable(cfg, form)
     _check_state(
         {k: v for k, v in state.items() if not (cfg.tie_word_embeddings and k == "lm_head.weight")},
         expected_shapes(cfg),
@@ -405,7 +406,7 @@ def export_checkpoint(
             "differ by rounding below float32.",
             fmt,
         )
-    _check_exportable(cfg, form)
+    check_exportable(cfg, form)
     foreign = form.config_from_ours(cfg, extras)
     state = export_state(fmt, cfg, load_weights(src))
     _prepare_destination(src, dst, overwrite)
