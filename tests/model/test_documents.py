@@ -10,6 +10,7 @@ from gated_attention.ops.attention import (
     document_causal_mask,
     document_positions,
     packed_document_ids,
+    separated_document_ids,
 )
 from tests.conftest import small_cfg
 
@@ -50,6 +51,14 @@ def test_document_ids_and_positions_from_restarting_positions():
     expected = (docs[:, :, None] == docs[:, None, :]) & torch.ones(6, 6, dtype=bool).tril()
     assert torch.equal(mask, expected)
     assert torch.equal(document_causal_mask(docs[1:])[0, 0], torch.ones(6, 6, dtype=bool).tril())
+
+
+def test_document_ids_from_end_of_document_tokens():
+    eos = 1
+    ids = torch.tensor([[0, 5, 6, 1, 7, 1, 8, 9], [5, 5, 5, 5, 5, 5, 5, 1]])
+    docs = separated_document_ids(ids, eos)
+    assert docs.tolist() == [[0, 0, 0, 0, 1, 1, 2, 2], [0] * 8]
+    assert document_positions(docs)[0].tolist() == [0, 1, 2, 3, 0, 1, 0, 1]
 
 
 @pytest.mark.parametrize("gate", GateConfig.names())

@@ -96,6 +96,14 @@ def packed_document_ids(position_ids: torch.Tensor) -> torch.Tensor:
     return starts.long().cumsum(-1) - 1
 
 
+def separated_document_ids(input_ids: torch.Tensor, separator_id: int) -> torch.Tensor:
+    """The document index ``(B, T)`` of every token of packed rows ``(B, T)`` whose documents
+    each end with ``separator_id`` (an end-of-document token, which belongs to the document it
+    ends): the next token starts a new document."""
+    ends = (input_ids == separator_id).long()
+    return ends.cumsum(-1) - ends
+
+
 def document_positions(document_ids: torch.Tensor) -> torch.Tensor:
     """Positions ``(B, T)`` that restart at 0 at the first token of every document of
     ``document_ids`` ``(B, T)`` (tokens of a document are contiguous)."""
