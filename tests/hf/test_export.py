@@ -158,6 +158,17 @@ def saved(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> Path
     return out
 
 
+def test_pipeline_generates_from_an_exported_directory(saved):
+    from transformers import pipeline
+
+    generator = pipeline("text-generation", model=str(saved))
+    assert type(generator.model) is GatedAttentionForCausalLM
+    text = generator(TEXTS[0][:12], max_new_tokens=6, do_sample=False)[0]["generated_text"]
+    ids = generator.tokenizer(TEXTS[0][:12], return_tensors="pt").input_ids
+    want = generator.model.generate(ids, max_new_tokens=6, do_sample=False)
+    assert text == generator.tokenizer.decode(want[0], skip_special_tokens=True)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "code",
