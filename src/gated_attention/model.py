@@ -198,7 +198,7 @@ def init_module(module: nn.Module, std: float, init: ModuleType = nn.init) -> No
     """Initialise one module as Qwen3 does: normal(0, ``std``) for linear and embedding weights
     (the gate slice of ``qkv_proj`` too, as the paper's released code initialises it like
     ``q_proj``), zero biases, norms at identity (1, or 0 when zero-centred), input-independent
-    gate logits at zero.
+    gate logits and attention-normaliser parameters (sink logits, key/value bias) at zero.
 
     ``init`` supplies the in-place initialisers: ``torch.nn.init`` for :class:`GatedLM`,
     ``transformers.initialization`` for the ``transformers`` wrapper (it leaves parameters that
@@ -212,8 +212,9 @@ def init_module(module: nn.Module, std: float, init: ModuleType = nn.init) -> No
         init.normal_(module.weight, mean=0.0, std=std)
     elif isinstance(module, RMSNorm):
         (init.zeros_ if module.zero_centered else init.ones_)(module.weight)
-    elif isinstance(module, GatedAttention) and module.gate_logits is not None:
-        init.zeros_(module.gate_logits)
+    elif isinstance(module, GatedAttention):
+        for param in module.zero_init_parameters():
+            init.zeros_(param)
 
 
 CHECKPOINTING = ("none", "full")

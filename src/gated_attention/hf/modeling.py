@@ -12,8 +12,9 @@ exists (it is accepted and ignored), ``output_attentions`` / ``output_hidden_sta
 (``gated_attention.ops.attention``): ``attn_implementation="eager"`` selects our ``eager`` backend,
 anything else leaves each layer's ``attn_backend`` (``auto`` = SDPA). ``output_attentions=True``
 works with any implementation: the layers switch, for that call, to an eager backend that also
-records the probabilities (``ops.attention.attention_probabilities`` on the post-RoPE queries and
-the full, cached keys).
+records the probabilities (``ops.attention.eager_attention`` on the post-RoPE queries and the
+full, cached keys, through the model's attention normaliser: with a non-softmax normaliser the
+recorded rows are the weights on the real tokens and need not sum to 1).
 
 Beyond the forward, the ``transformers`` features that need our code to cooperate:
 
@@ -54,11 +55,8 @@ from transformers.utils.deprecation import deprecate_kwarg
 
 from gated_attention.model import DecoderStack, GatedLM, RotaryEmbedding, init_module
 from gated_attention.nn.block import DecoderBlock
-from gated_attention.ops.attention import (
-    attention_probabilities,
-    register_attention_backend,
-    weighted_values,
-)
+from gated_attention.ops.attention import eager_attention, register_attention_backend
+from gated_attention.ops.normalizers import FORMS, Normalizer
 
 from .configuration import GatedAttentionConfig
 
@@ -92,6 +90,7 @@ def _eager_recording(
     mask: torch.Tensor | None,
     causal: bool,
     scale: float,
+    normalizer: Normalizer | None = None,
 ) -> torch.Tensor:
     """Eager attention ``(B, T, H, D)`` that records the probabilities it attends with.
 
@@ -99,14 +98,14 @@ def _eager_recording(
     recomputation: gradients then reach the returned ``attentions`` (gradient-based attribution;
     ``transformers``' ``test_retain_grad_hidden_states_attentions``).
     """
-    probs = attention_probabilities(q, k, mask, causal, scale)
+    probs, out = eager_attention(q, k, v, mask, causal, scale, normalizer)
     recording = _RECORDING.get()
     if recording is not None:
         recording.append(probs)
-    return weighted_values(probs, v)
+    return out
 
 
-register_attention_backend(RECORDING_BACKEND, _eager_recording)
+register_attention_backend(RECORDING_BACKEND, _eager_recording, FORMS)
 
 
 @contextlib.contextmanager
