@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from gated_attention import GateConfig, GatedLM, MoEConfig
+from gated_attention.config import NormalizerConfig
 from gated_attention.ops.attention import (
     attention,
     causal_mask,
@@ -71,6 +72,16 @@ def test_packed_rows_equal_each_document_alone_for_every_gate(gate):
         by_documents = model(ids, document_ids=packed_document_ids(positions)).logits
     torch.testing.assert_close(by_positions, want, rtol=0, atol=TOL)
     torch.testing.assert_close(by_documents, want, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("kind", NormalizerConfig.kinds())
+def test_packed_rows_equal_each_document_alone_for_every_normalizer(kind):
+    model = _model(gate="sdpa-elementwise", normalizer=kind)
+    ids, docs, positions = _packed()
+    want = _alone(model, docs)
+    with torch.no_grad():
+        got = model(ids, position_ids=positions).logits
+    torch.testing.assert_close(got, want, rtol=0, atol=TOL)
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "sdpa_fp32", "matmul", "eager"])
