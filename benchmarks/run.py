@@ -1,7 +1,8 @@
 """Performance suite: gate overhead, ours vs ``transformers``, training memory, attention backends.
 
     python benchmarks/run.py [--quick] [--device cpu|cuda] [--threads N] [--budget SECONDS]
-                             [--only backends memory loss hf gates normalizers] [--no-save]
+                             [--only backends memory loss hf gates static normalizers scale]
+                             [--tiny] [--no-save]
 
 Every timing is the median of several repetitions after warm-up, measured in one process with
 the compared cases interleaved (one call of each case per round, the starting case rotating), so
@@ -30,6 +31,10 @@ Sections:
               dense MLP, elementwise output gate), built with identical weights by
               ``gated_attention.hf.convert``, each library with its own training loss; ours
               eager and compiled (``train.compile``);
+``static``    decoding through our ``transformers`` class: ``generate(cache_implementation=
+              "static")`` with ``transformers``' own ``torch.compile`` of the forward, beside
+              our fast loop (``gated_attention.generation.generate``, compiled decoding step),
+              both also eager, on the same weights;
 ``normalizers`` forward+backward time and training-step memory of every attention normaliser
               (``ops/normalizers.py``) over softmax at the cpu-small shape, fp32 and bf16
               autocast, each first checked on its ``auto`` backend against the float64
@@ -1005,6 +1010,83 @@ def _generation(
         )
 
 
+# ---------------------------------------------------------------------- section: static
+def section_static(s: Settings, report: Report) -> None:
+    """``transformers``' static-cache, compiled ``generate`` on :class:`GatedAttentionForCausalLM`
+    against our fast loop on the same weights (``small`` preset, G1 elementwise gate)."""
+    import transformers
+    from transformers import CompileConfig
+
+    from gated_attention.hf import GatedAttentionForCausalLM
+
+    transformers.logging.set_verbosity_error()
+    logging.getLogger("gated_attention").setLevel(logging.WARNING)
+    n = s.gen_tokens
+    ours = build("sdpa-elementwise", s.device).eval()
+    hf = GatedAttentionForCausalLM.from_gated_lm(ours).eval()
+    # transformers compiles generate's decoding forward on accelerators only unless told.
+    compile_config = CompileConfig(fullgraph=True)
+    compile_config._compile_all_devices = s.device.type == "cpu"
+    rows: list[list[Any]] = []
+    for batch in (1, 8):
+        if not s.budget.allows(90, f"static batch {batch}"):
+            continue
+        gen = torch.Generator().manual_seed(batch)
+        prompt = torch.randint(3, ours.cfg.vocab_size, (batch, 16), generator=gen).to(s.device)
+
+        def hf_generate(prompt: torch.Tensor = prompt, **kwargs: Any) -> torch.Tensor:
+            return hf.generate(
+                prompt,
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                pad_token_id=0,
+                cache_implementation="static",
+                **kwargs,
+            )
+
+        paths: dict[str, Callable[[], torch.Tensor]] = {
+            "transformers static, compiled": lambda: hf_generate(compile_config=compile_config),
+            "transformers static, eager": lambda: hf_generate(disable_compile=True),
+            "fast, compiled": lambda prompt=prompt: fast_generate(ours, prompt, n, compile=True),
+            "fast, eager": lambda prompt=prompt: fast_generate(ours, prompt, n),
+        }
+        compile_s = {}
+        for path in ("transformers static, compiled", "fast, compiled"):
+            t0 = time.perf_counter()
+            paths[path]()  # the first call compiles (excluded from tokens/s)
+            compile_s[path] = time.perf_counter() - t0
+        ref = fast_generate(ours, prompt, n, cache=KVCache())
+        for path in list(paths):
+            if not torch.equal(paths[path](), ref):
+                rows.append([batch, path, "FAIL: tokens differ from the growing cache's", "", ""])
+                del paths[path]
+        if "transformers static, compiled" not in paths:
+            continue
+        times = interleaved(paths, 1, s.reps, s.device)
+        base = median(times["transformers static, compiled"])
+        for path, ts in times.items():
+            note = f"first call {compile_s[path]:.0f} s" if path in compile_s else ""
+            rows.append([batch, path, batch * n / median(ts), base / median(ts), note])
+        if "fast, compiled" in times:
+            report.ratio(
+                f"static-cache decoding batch {batch}: fast loop / transformers compiled",
+                base / median(times["fast, compiled"]),
+                "both compiled, same weights (GatedAttentionForCausalLM)",
+            )
+    report.table(
+        f"Static-cache decoding: transformers' compiled generate vs our loop "
+        f"(greedy, {n} new tokens, prompt 16, fp32, small preset, G1 elementwise)",
+        ["batch", "path", "tokens/s", "vs transformers compiled", "note"],
+        rows,
+        "`transformers static` = `GatedAttentionForCausalLM.generate(cache_implementation="
+        "'static')`, compiled by transformers (`CompileConfig(fullgraph=True)`) or with "
+        "`disable_compile=True`; `fast` = `gated_attention.generation.generate` on the same "
+        "weights (`compile=True`: its decoding step compiled once). Every path's tokens are "
+        "checked equal to a growing-cache reference before timing; compile time is excluded.",
+    )
+
+
 # ---------------------------------------------------------------------- environment
 def busy_cores(seconds: float = 1.0) -> float | None:
     """Cores kept busy by other processes now (``/proc/stat`` over ``seconds``, while this
@@ -1328,6 +1410,7 @@ SECTIONS: dict[str, Callable[[Settings, Report], None]] = {
     "loss": section_loss,
     "hf": section_hf,
     "gates": section_gates,
+    "static": section_static,
     "normalizers": section_normalizers,
     "scale": section_scale,
 }

@@ -20,6 +20,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("reproduce", "gated_attention.experiments.commands", "run a study and write its report"),
     ("eval", "gated_attention.evals.commands", "length extrapolation and retrieval evals"),
     ("convert", "gated_attention.hf.commands", "convert checkpoints from/to HF formats"),
+    ("export", "gated_attention.train.export_command", "write a run as a transformers model"),
     ("lm-eval", "gated_attention.hf.lm_eval_command", "run lm-evaluation-harness on a model"),
 ]
 

@@ -299,6 +299,9 @@ class MoEConfig(_DictConfig):
     expert_intermediate_size: int = 64
     shared_expert_intermediate_size: int = 0
     """Width of an always-on shared expert; 0 disables it."""
+    shared_expert_gate: bool = False
+    """Scale the shared expert's output per token by ``sigmoid(x w)`` (a learned ``hidden -> 1``
+    projection), as Qwen3-Next's sparse MoE blocks do; needs a shared expert."""
     norm_topk_prob: bool = True
     """Renormalise the top-k routing weights to sum to one."""
     load_balancing_coef: float = 0.01
@@ -323,6 +326,11 @@ class MoEConfig(_DictConfig):
             raise ValueError(
                 "MoEConfig.shared_expert_intermediate_size must be >= 0 (0 = no shared expert), "
                 f"got {self.shared_expert_intermediate_size}."
+            )
+        if self.shared_expert_gate and not self.shared_expert_intermediate_size:
+            raise ValueError(
+                "MoEConfig.shared_expert_gate=True needs a shared expert: set "
+                "shared_expert_intermediate_size > 0."
             )
         for name in ("load_balancing_coef", "z_loss_coef"):
             if getattr(self, name) < 0:
@@ -486,7 +494,7 @@ class ModelConfig(_DictConfig):
         else:
             m = self.moe
             ffn = h * m.num_experts + m.num_experts * 3 * h * m.expert_intermediate_size
-            ffn += 3 * h * m.shared_expert_intermediate_size
+            ffn += 3 * h * m.shared_expert_intermediate_size + h * int(m.shared_expert_gate)
         norms = h * (4 if self.sandwich_norm else 2)
         embed = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
         return embed + h + layers * (attn + ffn + norms)

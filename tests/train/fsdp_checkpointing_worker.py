@@ -24,7 +24,7 @@ def main(out: str) -> None:
     results = {}
     for mode in CHECKPOINTING:
         model = copy.deepcopy(base)
-        model.checkpointing = mode
+        model.set_checkpointing(mode)
         recomputed: list[int] = []
 
         def count(*_args, sink: list[int] = recomputed) -> None:

@@ -52,40 +52,12 @@ class DecoderBlock(nn.Module):
         sin: torch.Tensor,
         mask: torch.Tensor | None = None,
         cache: Any | None = None,
-        checkpointing: str = "none",
+        checkpoint_attention: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``h`` ``(B, T, hidden)`` -> ``(h, aux_loss or None)``. ``checkpointing`` (``none``,
-        ``full``, ``attention``; see ``gated_attention.model.CHECKPOINTING``) recomputes the
-        whole block or its attention sublayer in backward; the caller passes ``none`` when a
-        cache is updated. Recomputation runs inside the block, so FSDP2's hooks (on the block)
-        stay outside it."""
-        if checkpointing == "full":
-            return activation_checkpoint(self._forward, h, cos, sin, mask, cache, False)
-        return self._forward(h, cos, sin, mask, cache, checkpointing == "attention")
-
-    def attention_sublayer(
-        self,
-        h: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        mask: torch.Tensor | None,
-        cache: Any | None,
-    ) -> torch.Tensor:
-        """What the attention sublayer adds to the residual stream, ``(B, T, hidden)``."""
-        attn = self.self_attn(self.input_layernorm(h), cos, sin, mask, cache)
-        if self.post_self_attn_layernorm is not None:
-            attn = self.post_self_attn_layernorm(attn)
-        return attn
-
-    def _forward(
-        self,
-        h: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        mask: torch.Tensor | None,
-        cache: Any | None,
-        checkpoint_attention: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``h`` ``(B, T, hidden)`` -> ``(h, aux_loss or None)``. ``checkpoint_attention``
+        recomputes the attention sublayer in backward (selective activation checkpointing,
+        ``gated_attention.model.CHECKPOINTING``; the stack passes it only while training
+        without a cache)."""
         h = self.hook_resid_pre(h)
         if checkpoint_attention:
             attn = activation_checkpoint(self.attention_sublayer, h, cos, sin, mask, cache)
@@ -100,6 +72,20 @@ class DecoderBlock(nn.Module):
             ffn = self.post_feedforward_layernorm(ffn)
         h = h + self.hook_mlp_out(ffn)
         return self.hook_resid_post(h), aux
+
+    def attention_sublayer(
+        self,
+        h: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: Any | None,
+    ) -> torch.Tensor:
+        """What the attention sublayer adds to the residual stream, ``(B, T, hidden)``."""
+        attn = self.self_attn(self.input_layernorm(h), cos, sin, mask, cache)
+        if self.post_self_attn_layernorm is not None:
+            attn = self.post_self_attn_layernorm(attn)
+        return attn
 
 
 def activation_checkpoint(fn: Any, *args: Any) -> Any:

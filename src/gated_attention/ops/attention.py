@@ -44,35 +44,107 @@ def causal_mask(
     key_len: int,
     padding_mask: torch.Tensor | None = None,
     device: torch.device | str | None = None,
+    offset: int | torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """A boolean mask ``(batch | 1, 1, T, S)`` (True = may attend), or ``None`` when plain
     causal attention with ``is_causal`` suffices.
 
-    The causal part is bottom-right aligned: query ``t`` sits at absolute position
-    ``S - T + t`` (a cache of ``S - T`` earlier tokens). ``padding_mask`` ``(batch, S)`` marks real
-    tokens with 1/True. Rows left with no allowed key (a padded query) attend to every key so the
-    output stays finite; such rows are padding and never used.
+    Query ``t`` sits at absolute position ``offset + t`` and key ``s`` at position ``s``. The
+    default ``offset`` is ``S - T`` (bottom-right aligned: a cache of ``S - T`` earlier tokens);
+    a pre-allocated cache whose keys include unfilled slots passes its fill level instead (an
+    int, or a 0-d tensor so the mask's shape never depends on it under ``torch.compile``).
+    ``padding_mask`` ``(batch, S')`` marks real tokens with 1/True over the first ``S' <= S``
+    keys (``S' == S`` unless ``offset`` is given; later slots count as padding). Rows left with
+    no allowed key (a padded query) attend to every key so the output stays finite; such rows
+    are padding and never used.
     """
-    if padding_mask is None and query_len == key_len:
-        return None
-    if padding_mask is None and query_len == 1:
-        return None  # a single new query may attend to every cached key
+    aligned = offset is None
+    if offset is None:
+        if padding_mask is None and query_len == key_len:
+            return None
+        if padding_mask is None and query_len == 1:
+            return None  # a single new query may attend to every cached key
+        offset = key_len - query_len
     if device is None and padding_mask is not None:
         device = padding_mask.device
-    offset = key_len - query_len
     rows = torch.arange(query_len, device=device)[:, None] + offset
     cols = torch.arange(key_len, device=device)[None, :]
     mask = (cols <= rows)[None, None]
     if padding_mask is not None:
-        if padding_mask.shape[-1] != key_len:
+        covered = padding_mask.shape[-1]
+        if covered > key_len or (covered < key_len and aligned):
             raise ValueError(
-                f"attention_mask covers {padding_mask.shape[-1]} positions but keys have "
+                f"attention_mask covers {covered} positions but keys have "
                 f"{key_len} (cached + new tokens); pass a mask over all of them"
             )
-        mask = mask & padding_mask.bool()[:, None, None, :]
+        padding = padding_mask.bool()
+        if covered < key_len:
+            padding = F.pad(padding, (0, key_len - covered), value=False)
+        mask = mask & padding[:, None, None, :]
         empty = ~mask.any(dim=-1, keepdim=True)
         mask = mask | empty
     return mask
+
+
+def packed_document_ids(position_ids: torch.Tensor) -> torch.Tensor:
+    """The document index ``(B, T)`` (0, 1, ...) of every token of packed rows ``(B, T)`` of
+    positions: a document starts wherever the position does not continue the previous token's
+    (``position_ids`` restarting at 0, as ``transformers``' ``DataCollatorWithFlattening`` and
+    padding-free training produce them)."""
+    starts = torch.ones_like(position_ids, dtype=torch.bool)
+    starts[..., 1:] = position_ids[..., 1:] != position_ids[..., :-1] + 1
+    return starts.long().cumsum(-1) - 1
+
+
+def separated_document_ids(input_ids: torch.Tensor, separator_id: int) -> torch.Tensor:
+    """The document index ``(B, T)`` of every token of packed rows ``(B, T)`` whose documents
+    each end with ``separator_id`` (an end-of-document token, which belongs to the document it
+    ends): the next token starts a new document."""
+    ends = (input_ids == separator_id).long()
+    return ends.cumsum(-1) - ends
+
+
+def document_positions(document_ids: torch.Tensor) -> torch.Tensor:
+    """Positions ``(B, T)`` that restart at 0 at the first token of every document of
+    ``document_ids`` ``(B, T)`` (tokens of a document are contiguous)."""
+    index = torch.arange(document_ids.shape[-1], device=document_ids.device)
+    index = index.expand_as(document_ids)
+    starts = torch.ones_like(document_ids, dtype=torch.bool)
+    starts[..., 1:] = document_ids[..., 1:] != document_ids[..., :-1]
+    first = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=-1).values
+    return index - first
+
+
+def document_causal_mask(
+    document_ids: torch.Tensor, padding_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The block-diagonal causal mask ``(B, 1, T, T)`` (True = may attend) of packed rows:
+    query ``t`` sees key ``s <= t`` only when both belong to the same document of
+    ``document_ids`` ``(B, T)``. Attention then equals running every document alone.
+    ``padding_mask`` ``(B, T)`` (1 = real token) also hides padding keys; a padded query keeps
+    its own document's keys so its row stays finite (such rows are never used)."""
+    T = document_ids.shape[-1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=document_ids.device).tril()
+    mask = (document_ids[:, :, None] == document_ids[:, None, :]) & causal
+    if padding_mask is not None:
+        keep = mask & padding_mask.bool()[:, None, :]
+        mask = torch.where(keep.any(dim=-1, keepdim=True), keep, mask)
+    return mask[:, None]
+
+
+def boolean_mask(mask: torch.Tensor) -> torch.Tensor:
+    """A ready 4-D attention mask ``(B | 1, 1 | H, T, S)`` as booleans (True = may attend):
+    boolean masks as they are, integer masks with 1 = attend, floating masks in the additive
+    form ``transformers`` builds (0 = attend, a large negative number or ``-inf`` = masked).
+    Rows with no allowed key attend to every key so the output stays finite."""
+    if mask.dim() != 4:
+        raise ValueError(
+            f"a ready attention mask must be 4-D (batch, 1, query, key), got shape "
+            f"{tuple(mask.shape)}; 2-D (batch, key) padding masks use 1 for real tokens"
+        )
+    if mask.dtype != torch.bool:
+        mask = mask == 0 if mask.is_floating_point() else mask != 0
+    return mask | ~mask.any(dim=-1, keepdim=True)
 
 
 def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:

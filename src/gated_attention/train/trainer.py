@@ -124,7 +124,7 @@ class Trainer:
         self.model_cfg = cfg.model_config(self.data.vocab_size)
         seed_everything(cfg.seed)
         self.model = GatedLM(self.model_cfg).to(self.device)
-        self.model.checkpointing = tc.activation_checkpointing
+        self.model.set_checkpointing(tc.activation_checkpointing)
         self.wrapped = dist_utils.wrap(self.model, self.dist, self.device)
         self.forward_model = (
             torch.compile(self.wrapped, backend=tc.compile_backend) if tc.compile else self.wrapped
