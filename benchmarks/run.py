@@ -35,6 +35,10 @@ Sections:
               "static")`` with ``transformers``' own ``torch.compile`` of the forward, beside
               our fast loop (``gated_attention.generation.generate``, compiled decoding step),
               both also eager, on the same weights;
+``scale``     (CUDA, or ``--tiny`` on the CPU; ``benchmarks/gpu.sh``) training at the gpu-125m
+              config: tokens/s and MFU against a bf16 matmul peak measured in the same run, of
+              baseline, elementwise and headwise G1, eager and compiled, peak memory, and the
+              baseline against transformers' Qwen3 with the same weights;
 ``normalizers`` forward+backward time and training-step memory of every attention normaliser
               (``ops/normalizers.py``) over softmax at the cpu-small shape, fp32 and bf16
               autocast, each first checked on its ``auto`` backend against the float64

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from gated_attention import GatedLM, ModelConfig, lm_loss
+from gated_attention import GatedLM, ModelConfig
 
 
 def make_step(model: GatedLM, dtype: str, compiled: bool, batch: int, seq: int):
@@ -34,7 +34,7 @@ def make_step(model: GatedLM, dtype: str, compiled: bool, batch: int, seq: int):
             else contextlib.nullcontext()
         )
         with ctx:
-            loss = lm_loss(fwd(x).logits, y)
+            loss = fwd(x, targets=y).loss  # the trainer's chunked LM head + loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -36,6 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="skip runs that already finished and continue interrupted ones",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="train and analyse every run of the scale (first seed) on the CPU for a few steps "
+        "at reduced size, keeping dtype, compile, checkpointing and data (train --dry-run); no "
+        "report",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,6 +59,15 @@ def run(args: argparse.Namespace) -> int:
         study = load_study(find_study("sinks"))
         out = Path(args.out or f"runs/{scale}")
     writer, analyze = report_writer(study.report)
+    if args.dry_run:
+        import tempfile
+
+        from gated_attention.experiments.dryrun import dry_run_study
+
+        with tempfile.TemporaryDirectory(prefix="dry-run-") as tmp:
+            runs = dry_run_study(study, scale, args.out or tmp, analyze)
+        print(json.dumps({"study": study.name, "scale": scale, "dry_runs": runs}, indent=1))
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     records = run_all(study, scale, out, args.resume, analyze, not args.no_progress)
