@@ -59,3 +59,15 @@ def test_bad_checkpointing_and_threads_are_clear_errors(write_config):
         load_run_config(cfg, ['train.activation_checkpointing="selective"'])
     with pytest.raises(ValueError, match=r"train\.threads"):
         load_run_config(cfg, ["train.threads=-1"])
+
+
+def test_threads_option_sets_torch_threads(write_config):
+    before = torch.get_num_threads()
+    cfg = load_run_config(write_config("threads", steps=1, ckpt_every=0, eval_every=0))
+    target = 1 if before != 1 else 2
+    cfg.train.threads = target
+    try:
+        train(cfg)
+        assert torch.get_num_threads() == target
+    finally:
+        torch.set_num_threads(before)
