@@ -1,7 +1,7 @@
 """Performance suite: gate overhead, ours vs ``transformers``, training memory, attention backends.
 
     python benchmarks/run.py [--quick] [--device cpu|cuda] [--threads N] [--budget SECONDS]
-                             [--only backends memory loss hf gates static normalizers scale]
+                             [--only backends memory loss hf gates static normalizers moe scale]
                              [--tiny] [--no-save]
 
 Every timing is the median of several repetitions after warm-up, measured in one process with
@@ -35,6 +35,8 @@ Sections:
               "static")`` with ``transformers``' own ``torch.compile`` of the forward, beside
               our fast loop (``gated_attention.generation.generate``, compiled decoding step),
               both also eager, on the same weights;
+``moe``       the price of running every expert in every step (DDP/FSDP2 need it) against
+              skipping idle experts, small-moe fwd+bwd at micro-batches that leave experts idle;
 ``scale``     (CUDA, or ``--tiny`` on the CPU; ``benchmarks/gpu.sh``) training at the gpu-125m
               config: tokens/s and MFU against a bf16 matmul peak measured in the same run, of
               baseline, elementwise and headwise G1, eager and compiled, peak memory, and the
@@ -1149,6 +1151,103 @@ def machine(device: torch.device) -> list[str]:
     return lines
 
 
+# ---------------------------------------------------------------------- section: moe
+def _skip_idle_experts(self: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The MoE dispatch that skips experts without tokens (before every expert joined each
+    step, ``nn/moe.py``): cheaper by the empty calls, but data-parallel ranks then reduce
+    different parameters and their collectives desynchronise. Kept here to price the fix."""
+    shape = x.shape
+    flat = x.reshape(-1, shape[-1])
+    routing = self.route(flat)
+    out = torch.zeros_like(flat)
+    token_idx = torch.arange(flat.shape[0], device=x.device).repeat_interleave(self.cfg.top_k)
+    expert_idx = routing.experts.reshape(-1)
+    weight = routing.weights.reshape(-1, 1)
+    order = expert_idx.argsort(stable=True)
+    counts = torch.bincount(expert_idx, minlength=self.cfg.num_experts).tolist()
+    start = 0
+    for e, n in enumerate(counts):
+        if n == 0:
+            continue
+        sel = order[start : start + n]
+        start += n
+        tokens = token_idx[sel]
+        out.index_add_(0, tokens, self.experts[e](flat[tokens]) * weight[sel])
+    if self.shared_expert is not None:
+        out = out + self.shared_expert(flat)
+    return out.reshape(shape), self.aux_loss(routing)
+
+
+def section_moe(s: Settings, report: Report) -> None:
+    """Price of running every expert on every step (also on zero tokens), so that DDP and FSDP2
+    reduce the same parameters on every rank: fwd+bwd of the ``small-moe`` preset against the
+    dispatch that skips idle experts, at micro-batches small enough to leave experts idle."""
+    from gated_attention.nn.moe import MoEFeedForward
+
+    torch.manual_seed(0)
+    model = GatedLM(ModelConfig.from_preset("small-moe")).to(s.device)
+    every = MoEFeedForward.forward
+    rows: list[list[Any]] = []
+    for batch, seq in ((1, 4), (2, 8), (4, 32), (16, 128)):
+        ids = torch.randint(0, model.cfg.vocab_size, (batch, seq), device=s.device)
+        idle: list[int] = []
+
+        def count(module: Any, args: tuple[torch.Tensor, ...], idle: list[int] = idle) -> None:
+            flat = args[0].reshape(-1, args[0].shape[-1])
+            experts = module.route(flat).experts.reshape(-1)
+            idle.append(int((torch.bincount(experts, minlength=module.cfg.num_experts) == 0).sum()))
+
+        hooks = [layer.mlp.register_forward_pre_hook(count) for layer in model.layers]
+        with torch.no_grad():
+            model(ids)
+        for hook in hooks:
+            hook.remove()
+
+        def step(forward: Callable[..., Any], ids: torch.Tensor = ids) -> Callable[[], None]:
+            def run() -> None:
+                MoEFeedForward.forward = forward
+                try:
+                    model(ids, targets=ids).loss.backward()
+                finally:
+                    MoEFeedForward.forward = every
+                model.zero_grad(set_to_none=True)
+
+            return run
+
+        times = interleaved(
+            {"every": step(every), "skip": step(_skip_idle_experts)},
+            s.warmup,
+            2 * s.reps,
+            s.device,
+        )
+        ratio = median(times["every"]) / median(times["skip"])
+        rows.append(
+            [
+                f"{batch} x {seq}",
+                sum(idle) / len(idle),
+                median(times["skip"]) * 1e3,
+                median(times["every"]) * 1e3,
+                ratio,
+            ]
+        )
+        report.ratio(f"MoE fwd+bwd {batch} x {seq}: every expert / skip idle", ratio)
+    report.table(
+        "MoE: every expert in every step vs skipping idle experts (small-moe, fwd+bwd)",
+        [
+            "tokens",
+            "idle experts per layer (of 8)",
+            "skip ms",
+            "every ms",
+            "every / skip",
+        ],
+        rows,
+        "`every`: the dispatch in `nn/moe.py` (an expert without tokens runs on an empty batch "
+        "and gets a zero gradient, so every data-parallel rank reduces the same parameters); "
+        "`skip`: the former dispatch, which skipped idle experts. Idle experts: mean over layers "
+        "in this batch's forward.",
+    )
+
+
 # ---------------------------------------------------------------------- section: scale
 SCALE_CONFIG = Path(__file__).parents[1] / "configs" / "gpu-125m.toml"
 SCALE_GATES = ("none", "sdpa-elementwise", "sdpa-headwise")
@@ -1416,6 +1515,7 @@ SECTIONS: dict[str, Callable[[Settings, Report], None]] = {
     "gates": section_gates,
     "static": section_static,
     "normalizers": section_normalizers,
+    "moe": section_moe,
     "scale": section_scale,
 }
 """Run in this order: the cheap, decisive sections first, the goals against ``transformers``
