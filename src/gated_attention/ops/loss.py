@@ -53,6 +53,20 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _chunk_logits(
+    h_c: torch.Tensor, w: torch.Tensor, low: torch.Tensor | None, buf: torch.Tensor
+) -> torch.Tensor:
+    """``h_c @ w.T`` for one chunk, written into the reused buffers (``low`` in the compute
+    dtype when it differs from ``buf``'s accumulation dtype); returns the accumulation-dtype
+    logits ``(n, vocab)``, a view of ``buf`` that the caller may overwrite. Reusing two buffers
+    instead of allocating per chunk keeps the CPU's allocator and page faults out of the loop."""
+    n = h_c.shape[0]
+    if low is None:
+        return torch.mm(h_c, w.T, out=buf[:n])
+    torch.mm(h_c, w.T, out=low[:n])
+    return buf[:n].copy_(low[:n])
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """``sum_i w_i * (lse_i - logit_i[t_i] + z * lse_i^2) / denom`` over tokens ``i``, with
     ``logits = hidden @ weight.T`` computed ``chunk`` tokens at a time (see the module doc)."""
@@ -70,22 +84,26 @@ class _LinearCrossEntropy(torch.autograd.Function):
         dtype: torch.dtype,
     ) -> torch.Tensor:
         acc = accumulation_dtype(dtype)
-        with torch.autocast(hidden.device.type, enabled=False):
+        device = hidden.device
+        with torch.autocast(device.type, enabled=False):
             h = hidden.to(dtype)
             w = weight.to(dtype)
             n = h.shape[0]
-            lse = torch.empty(n, dtype=acc, device=hidden.device)
-            total = torch.zeros((), dtype=acc, device=hidden.device)
+            rows = min(chunk, n)
+            buf = torch.empty(rows, w.shape[0], dtype=acc, device=device)
+            low = None if dtype == acc else torch.empty(buf.shape, dtype=dtype, device=device)
+            lse = torch.empty(n, dtype=acc, device=device)
+            total = torch.zeros((), dtype=acc, device=device)
             for s in range(0, n, chunk):
-                logits = (h[s : s + chunk] @ w.T).to(acc)
+                logits = _chunk_logits(h[s : s + chunk], w, low, buf)
                 tgt = targets[s : s + chunk]
-                valid = tgt != ignore_index
-                lse_c = torch.logsumexp(logits, dim=-1)
                 picked = logits.gather(1, tgt.clamp(min=0).unsqueeze(1)).squeeze(1)
+                top = logits.amax(dim=-1, keepdim=True)
+                lse_c = logits.sub_(top).exp_().sum(dim=-1).log_().add_(top.squeeze(1))
                 per_token = lse_c - picked
                 if z_loss:
                     per_token = per_token + z_loss * lse_c.square()
-                total += torch.where(valid, per_token, 0.0).sum()
+                total += torch.where(tgt != ignore_index, per_token, 0.0).sum()
                 lse[s : s + chunk] = lse_c
         ctx.save_for_backward(h, weight, targets, lse, denom)
         ctx.hidden_dtype = hidden.dtype
@@ -100,31 +118,38 @@ class _LinearCrossEntropy(torch.autograd.Function):
         ignore_index, chunk, z_loss, dtype = ctx.options
         need_h, need_w = ctx.needs_input_grad[:2]
         acc = accumulation_dtype(dtype)
-        with torch.autocast(h.device.type, enabled=False):
+        device = h.device
+        with torch.autocast(device.type, enabled=False):
             w = weight.to(dtype)
             scale = grad.to(acc) / denom
-            grad_h = (
-                torch.empty(h.shape, dtype=ctx.hidden_dtype, device=h.device) if need_h else None
-            )
-            grad_w = torch.zeros(weight.shape, dtype=acc, device=h.device) if need_w else None
+            rows = min(chunk, h.shape[0])
+            buf = torch.empty(rows, w.shape[0], dtype=acc, device=device)
+            low = None if dtype == acc else torch.empty(buf.shape, dtype=dtype, device=device)
+            grad_h = torch.empty(h.shape, dtype=ctx.hidden_dtype, device=device) if need_h else None
+            grad_w = torch.zeros(weight.shape, dtype=acc, device=device) if need_w else None
+            part_w = None if low is None or not need_w else torch.empty_like(w)
             for s in range(0, h.shape[0], chunk):
                 h_c = h[s : s + chunk]
                 tgt = targets[s : s + chunk]
                 lse_c = lse[s : s + chunk]
-                logits = (h_c @ w.T).to(acc)
+                logits = _chunk_logits(h_c, w, low, buf)
                 # d loss_i / d logits_i = softmax_i (1 + 2 z lse_i) - onehot(t_i), times w_i
                 coef = torch.where(tgt != ignore_index, scale, 0.0)
                 row = coef * (1.0 + 2.0 * z_loss * lse_c) if z_loss else coef
                 g = logits.sub_(lse_c.unsqueeze(1)).exp_().mul_(row.unsqueeze(1))
                 g.scatter_add_(1, tgt.clamp(min=0).unsqueeze(1), -coef.unsqueeze(1))
-                g = g.to(dtype)
+                if low is not None:
+                    g = low[: g.shape[0]].copy_(g)
                 if grad_h is not None:
-                    grad_h[s : s + chunk] = g @ w
+                    if grad_h.dtype == dtype:
+                        torch.mm(g, w, out=grad_h[s : s + chunk])
+                    else:
+                        grad_h[s : s + chunk] = g @ w
                 if grad_w is not None:
-                    if dtype == acc:
+                    if part_w is None:
                         grad_w.addmm_(g.T, h_c)
                     else:
-                        grad_w += (g.T @ h_c).to(acc)
+                        grad_w += torch.mm(g.T, h_c, out=part_w)
         if grad_w is not None:
             grad_w = grad_w.to(weight.dtype)
         return grad_h, grad_w, None, None, None, None, None, None
