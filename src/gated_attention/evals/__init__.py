@@ -8,24 +8,16 @@
 * :mod:`.retrieval`: passkey and associative-recall generators, exact-match scoring and the
   training mix (:class:`RetrievalMixSource`, ``data.retrieval_mix``).
 * :mod:`.streaming`: the StreamingLLM windowed-cache test.
-* :mod:`.long_context`: :func:`run_long_context_study` and
-  :func:`train_and_evaluate_long_context`.
 
+The long-context study that combines them lives in :mod:`gated_attention.experiments.long_context`.
 Command line: ``gated-attention eval RUN --kind ppl|passkey|recall|streaming|study``.
 """
 
-from gated_attention.evals.long_context import (
-    DEFAULT_ARMS,
-    SCALES,
-    run_long_context_study,
-    train_and_evaluate_long_context,
-)
 from gated_attention.evals.perplexity import (
     first_token_mass_long,
     perplexity_at_lengths,
     token_losses,
 )
-from gated_attention.evals.report import PAPER_TABLE5
 from gated_attention.evals.retrieval import (
     DEFAULT_DEPTHS,
     RETRIEVAL_TASKS,
@@ -54,12 +46,9 @@ from gated_attention.evals.streaming import streaming_perplexity, windowed_token
 from gated_attention.evals.streams import TokenStream, run_stream, stream_from_dataset, windows
 
 __all__ = [
-    "DEFAULT_ARMS",
     "DEFAULT_DEPTHS",
-    "PAPER_TABLE5",
     "RETRIEVAL_TASKS",
     "ROPE_FIELDS",
-    "SCALES",
     "SCALING_MODES",
     "AssociativeRecallTask",
     "PasskeyTask",
@@ -76,14 +65,12 @@ __all__ = [
     "pattern_filler",
     "perplexity_at_lengths",
     "retrieval_vocab",
-    "run_long_context_study",
     "run_stream",
     "scaling_config",
     "score_batch",
     "stream_from_dataset",
     "streaming_perplexity",
     "token_losses",
-    "train_and_evaluate_long_context",
     "windowed_token_losses",
     "windows",
     "with_rope_config",
