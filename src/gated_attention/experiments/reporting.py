@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "figure",
+    "finish_report",
     "fmt",
     "fmt_g",
     "fmt_ms",
@@ -114,6 +115,25 @@ def write_report_files(out_dir: Path, lines: list[str], results: dict[str, Any])
     report.write_text("\n".join(lines) + "\n")
     write_json(out_dir / "results.json", results)
     return report
+
+
+def finish_report(
+    out_dir: Path,
+    lines: list[str],
+    results: dict[str, Any],
+    records: list[RunRecord],
+    meta: dict[str, Any],
+    *,
+    failed: Sequence[str] = ("failed", "diverged"),
+    configs_note: str = "Exact run configs are in each run directory's `config.json`.",
+    drop: Sequence[str] = ("maps", "report"),
+) -> Path:
+    """Close a study report with :func:`report_footer` (listing the runs whose status is in
+    ``failed``), add the records (:func:`runs_json` with ``drop``) and ``meta`` to the results
+    and write both files."""
+    footer = report_footer([r for r in records if r.status in failed], meta, configs_note)
+    results = {**results, "runs": runs_json(records, drop), "meta": meta}
+    return write_report_files(out_dir, [*lines, *footer], results)
 
 
 def provenance() -> dict[str, Any]:

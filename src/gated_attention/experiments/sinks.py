@@ -17,24 +17,8 @@ from gated_attention.analysis import (
 )
 from gated_attention.experiments.metrics import Column
 from gated_attention.experiments.paper import TABLE4
-from gated_attention.experiments.reporting import (
-    fmt,
-    fmt_g,
-    fmt_ms,
-    image,
-    report_footer,
-    runs_json,
-    table,
-    write_report_files,
-)
-from gated_attention.experiments.stats import (
-    Aggregate,
-    aggregate,
-    effect,
-    mean_of,
-    stat,
-    values_of,
-)
+from gated_attention.experiments.reporting import finish_report, fmt, fmt_g, fmt_ms, image, table
+from gated_attention.experiments.stats import Aggregate, aggregate, effect, mean_of, stat, values_of
 from gated_attention.experiments.study import RunRecord, Study
 
 COLUMNS = (
@@ -311,18 +295,6 @@ def write_report(
             ]
         for fig in figs.get(task, []):
             lines += [image(fig, out_dir), ""]
-    failed = [r for r in records if r.status != "ok"]
-    lines += report_footer(
-        failed,
-        meta,
-        "Exact run configs are in `results.json` and in each run directory's `config.json`.",
-    )
-    results = {
-        "study": study.name,
-        "scale": scale,
-        "aggregate": agg,
-        "verdicts": verdict_lines,
-        "runs": runs_json(records, drop=("maps",)),
-        "meta": meta,
-    }
-    return write_report_files(out_dir, lines, results)
+    results = {"study": study.name, "scale": scale, "aggregate": agg, "verdicts": verdict_lines}
+    note = "Exact run configs are in `results.json` and in each run directory's `config.json`."
+    return finish_report(out_dir, lines, results, records, meta, configs_note=note, drop=("maps",))

@@ -23,14 +23,12 @@ import numpy as np
 from gated_attention.experiments.metrics import RunMetrics
 from gated_attention.experiments.reporting import (
     figure,
+    finish_report,
     fmt,
     fmt_g,
     image,
-    report_footer,
-    runs_json,
     save_figure,
     table,
-    write_report_files,
 )
 from gated_attention.experiments.stats import compare, max_finite, mean_std
 from gated_attention.experiments.study import Arm, RunRecord, Study
@@ -598,8 +596,6 @@ def write_report(
         "directions (which arm tolerates the larger LR), not values.",
         "",
     ]
-    failed = [r for r in records if r.status == "failed"]
-    lines += report_footer(failed, meta)
     results = {
         "study": study.name,
         "scale": scale,
@@ -615,10 +611,8 @@ def write_report(
             for task, task_sweeps in all_sweeps.items()
         },
         "verdicts": {task: verdicts(s) for task, s in all_sweeps.items()},
-        "runs": runs_json(records),
-        "meta": meta,
     }
-    return write_report_files(out_dir, lines, results)
+    return finish_report(out_dir, lines, results, records, meta, failed=("failed",))
 
 
 def analyze(run_dir: Path, task: str, cfg: Any, study: Study | None = None) -> dict[str, Any]:

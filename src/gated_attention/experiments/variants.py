@@ -21,14 +21,12 @@ from gated_attention.experiments.metrics import Column
 from gated_attention.experiments.paper import TABLE1, TABLE4
 from gated_attention.experiments.reporting import (
     figure,
+    finish_report,
     fmt,
     fmt_ms,
     image,
-    report_footer,
-    runs_json,
     save_figure,
     table,
-    write_report_files,
 )
 from gated_attention.experiments.stats import Aggregate, aggregate, compare, stat
 from gated_attention.experiments.study import Arm, RunRecord, Study
@@ -402,18 +400,14 @@ def write_report(
         ]
         if g1:
             lines += [f"The G1 elementwise gate adds {g1:,} parameters on this task.", ""]
-    failed = [r for r in records if r.status != "ok"]
-    lines += report_footer(failed, meta)
     results = {
         "study": study.name,
         "scale": scale,
         "aggregate": agg,
         "parameters": params,
         "orderings": judgements,
-        "runs": runs_json(records),
-        "meta": meta,
     }
-    return write_report_files(out_dir, lines, results)
+    return finish_report(out_dir, lines, results, records, meta)
 
 
 def analyze(run_dir: Path, task: str, cfg: Any, study: Study | None = None) -> dict[str, Any]:
