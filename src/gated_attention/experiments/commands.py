@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     records = run_all(study, scale, out, args.resume, analyze, not args.no_progress)
-    from gated_attention.experiments.summary import provenance
+    from gated_attention.experiments.reporting import provenance
 
     meta = {
         "study": study.name,
