@@ -388,7 +388,7 @@ def first_token_table(results: dict[str, Any]) -> list[str]:
     if floor:
         rows.append(["uniform causal floor", *(fmt(floor.get(str(n)), 3) for n in lengths)])
     return [
-        "First-token attention (F-Attn, PAPER.md section 6: mean over layers, heads and "
+        "First-token attention (F-Attn, docs/paper.md section 6: mean over layers, heads and "
         "queries), plain RoPE, streamed chunk by chunk.",
         "",
         *table(["arm", *map(str, lengths)], rows),
