@@ -117,6 +117,7 @@ PAPER_ADDED_PARAMS = {
 }
 
 
+@pytest.mark.slow
 def test_added_parameters_match_the_paper_table():
     def total(gate: str) -> int:
         cfg = ModelConfig.from_preset("paper-15a2b-moe", gate=gate)

@@ -13,6 +13,8 @@ from gated_attention.evals import SCALING_MODES
 from gated_attention.experiments import long_context
 from gated_attention.experiments.study import deep_merge, find_study, load_study, run_study
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, corpus_file):

@@ -53,6 +53,7 @@ def stability_dir(tmp_path_factory, one_thread) -> Path:
 
 
 # ----------------------------------------------------------------------------- variants study
+@pytest.mark.slow
 def test_variants_smoke_report_is_complete(variants_dir):
     report = (variants_dir / "report.md").read_text()
     for needle in (
@@ -168,6 +169,7 @@ def test_orderings_are_judged_against_the_seed_spread():
 
 
 # ----------------------------------------------------------------------------- stability study
+@pytest.mark.slow
 def test_stability_smoke_records_divergence_and_reports(stability_dir):
     results = json.loads((stability_dir / "results.json").read_text())
     status = {r["arm"]: r["status"] for r in results["runs"]}
@@ -203,6 +205,7 @@ def test_stability_smoke_records_divergence_and_reports(stability_dir):
         assert path.stat().st_size > 5000 and f"plots/{png}.png" in report
 
 
+@pytest.mark.slow
 def test_stability_resume_keeps_finished_and_diverged_runs(stability_dir):
     records = sorted(stability_dir.glob("lm/*/seed0/record.json"))
     assert len(records) == 4
