@@ -155,9 +155,11 @@ class PackedTokenDataset:
             end = self.store.last_document_end(point)
             if end is None:
                 raise DataError(
-                    f"{self.info.path} has no document end before its last {n_val} tokens, so "
-                    "no validation split can be held out at a document boundary; lower "
-                    "data.val_fraction or add documents"
+                    f"{self.info.path} has no document end before its last {n_val} tokens "
+                    f"({self.info.num_documents} documents, {total} tokens), so no validation "
+                    "split can be held out at a document boundary (in a .txt file, two or "
+                    "more blank lines end a document); use a larger corpus (each split needs "
+                    f"{self.seq_len} tokens or more for one window) or lower data.val_fraction"
                 )
             return end
         end = self.store.last_document_end(point, floor=max(0, point - n_val))

@@ -267,14 +267,9 @@ class _ShardWriter:
     def close(self, end: dict[str, int] | None) -> None:
         """Finish the last (short) shard, or drop it when it is empty."""
         if self.count and end is not None:
-            name = shard_name(self.index)
-            self._finish(end)
-            self.handle.close()
-            self.partial.unlink(missing_ok=True)
-            logger.debug("last shard %s", name)
-        else:
-            self.handle.close()
-            self.partial.unlink(missing_ok=True)
+            self._finish(end)  # opens an empty next shard, dropped below
+        self.handle.close()
+        self.partial.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- preparation

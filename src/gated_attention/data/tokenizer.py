@@ -137,7 +137,13 @@ def tokenizer_file(path: str | os.PathLike[str]) -> Path:
     if p.is_dir():
         p = p / "tokenizer.json"
     if not p.is_file():
-        raise DataError(f"tokenizer file {p} does not exist")
+        hint = ""
+        if p.parent.is_dir() and any(p.parent.glob("*.model")):
+            hint = (
+                "; this directory holds a slow (sentencepiece) tokenizer: write its fast "
+                "tokenizer.json with AutoTokenizer.from_pretrained(dir).save_pretrained(dir)"
+            )
+        raise DataError(f"tokenizer file {p} does not exist{hint}")
     return p
 
 
