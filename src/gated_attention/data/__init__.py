@@ -11,7 +11,8 @@
 * Corpora of any size: :func:`resolve_inputs` / :func:`iter_stream` stream documents from
   text, JSONL (.gz/.zst), parquet and ``datasets`` inputs; :func:`prepare_shards` tokenises them
   in parallel worker processes into fixed-size shards (:class:`ShardSet`), resumably;
-  :class:`MixtureDataset` samples several shard sets by weight; :func:`tiny_shard_set` builds a
+  :func:`open_sources` does that on first use and caches by input (what ``data.kind =
+  "files"`` runs); :class:`MixtureDataset` samples several shard sets by weight; :func:`tiny_shard_set` builds a
   small one from generated text.
 * :class:`BigramBackcopyTask` is the synthetic task of Guo et al. (2024) that grows attention
   sinks in 1-3 layer models.
@@ -100,9 +101,9 @@ __all__ = [
     "load_tokenizer",
     "make_batch",
     "make_task",
+    "open_sources",
     "pattern_filler",
     "prepare_corpus",
-    "open_sources",
     "prepare_data",
     "prepare_shards",
     "read_corpus_manifest",

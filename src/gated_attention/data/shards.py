@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from gated_attention.data._io import read_json
+from gated_attention.data._io import read_json, sha256_file
 from gated_attention.data.errors import DataError
 from gated_attention.data.tokenfile import TokenFileInfo, read_token_file_info
 
@@ -74,14 +74,6 @@ def _hash_and_max(path: Path, dtype: np.dtype) -> tuple[str, int]:
             if len(block) % dtype.itemsize == 0 and block:
                 top = max(top, int(np.frombuffer(block, dtype=dtype).max()))
     return digest.hexdigest(), top
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -279,7 +271,7 @@ class ShardSet:
                     f"vocabulary of {vocab} tokens"
                 )
             if shard.docs_path is not None:
-                docs_digest = _sha256(shard.docs_path)
+                docs_digest = sha256_file(shard.docs_path)
                 if docs_digest != shard.docs_sha256:
                     raise DataError(
                         f"document index {shard.docs_path} has sha256 {docs_digest[:12]}..., "
@@ -391,10 +383,6 @@ class ShardSet:
                 return int(ends[-1])
             hi = lo
         return None
-
-    def document_counts(self) -> list[int]:
-        """Documents ending in each shard."""
-        return [len(s.ends) if s.ends is not None else -1 for s in self._shards]
 
     def __repr__(self) -> str:
         return (

@@ -33,7 +33,14 @@ from typing import Any
 
 import numpy as np
 
-from gated_attention.data._io import atomic_writer, file_lock, read_json, short_hash, write_json
+from gated_attention.data._io import (
+    atomic_writer,
+    file_lock,
+    read_json,
+    sha256_file,
+    short_hash,
+    write_json,
+)
 from gated_attention.data.corpus import resolve_cache_dir
 from gated_attention.data.documents import (
     DocumentSpec,
@@ -52,7 +59,6 @@ from gated_attention.data.shards import (
     TOKENIZER_DIR,
     ShardSet,
     _hash_and_max,
-    _sha256,
     is_shard_set,
     shard_name,
 )
@@ -135,29 +141,36 @@ def _worker_encode(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 @contextlib.contextmanager
 def _pool(workers: int, encoder: _Encoder) -> Iterator[Any]:
-    """A process pool whose workers encode; ``None`` for ``workers == 1`` (encode in-process)."""
-    if workers <= 1:
-        yield None
-        return
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    ctx = multiprocessing.get_context(method)
-    # Workers run the tokenizer single-threaded; setting the variable before the fork also keeps
-    # tokenizers from warning that its thread pool was used before forking.
+    """A process pool whose workers encode; ``None`` for ``workers == 1`` (encode in-process).
+
+    The tokenizer runs single-threaded everywhere (``TOKENIZERS_PARALLELISM=false``, set in
+    this process while the pool starts, or while it encodes itself), so ``workers`` is the
+    number of cores used; setting it before the fork also keeps ``tokenizers`` from warning
+    that its thread pool was used before forking.
+    """
     before = os.environ.get("TOKENIZERS_PARALLELISM")
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    pool = None
     try:
-        pool = ctx.Pool(workers, initializer=_worker_init, initargs=(encoder,))
+        if workers > 1:
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            ctx = multiprocessing.get_context(method)
+            pool = ctx.Pool(workers, initializer=_worker_init, initargs=(encoder,))
+            if before is None:
+                os.environ.pop("TOKENIZERS_PARALLELISM", None)
+            else:
+                os.environ["TOKENIZERS_PARALLELISM"] = before
+        yield pool
+        if pool is not None:
+            pool.close()
+            pool.join()
     finally:
+        if pool is not None:
+            pool.terminate()
         if before is None:
             os.environ.pop("TOKENIZERS_PARALLELISM", None)
         else:
             os.environ["TOKENIZERS_PARALLELISM"] = before
-    try:
-        yield pool
-        pool.close()
-        pool.join()
-    finally:
-        pool.terminate()
 
 
 # --------------------------------------------------------------------------- the writer
@@ -323,7 +336,7 @@ def _valid_shards(root: Path, dtype: np.dtype) -> list[dict[str, Any]]:
         try:
             meta = read_json(sidecar)
             bin_sha, _ = _hash_and_max(root / f"{name}.bin", dtype)
-            docs_sha = _sha256(root / f"{name}.docs")
+            docs_sha = sha256_file(root / f"{name}.docs")
         except (OSError, ValueError):
             break
         if bin_sha != meta.get("sha256") or docs_sha != meta.get("docs_sha256"):
