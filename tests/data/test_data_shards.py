@@ -227,9 +227,10 @@ def test_damaged_sets_fail_in_one_line_naming_the_file(tmp_path: Path) -> None:
     # truncated shard
     shard.write_bytes(original[:-2])
     one_line(lambda: ShardSet.open(root), "shard-00001.bin has .* bytes but the manifest")
-    # missing manifest of an unfinished preparation
+    # missing manifest of an unfinished preparation, also when named as a source
     (root / "manifest.json").unlink()
     one_line(lambda: ShardSet.open(root), "rerun the same `data prepare` command")
+    one_line(lambda: open_sources([str(root)]), "is not a finished shard set")
 
 
 def test_tokenizer_that_differs_from_the_shards(tmp_path: Path, documents: list[str]) -> None:

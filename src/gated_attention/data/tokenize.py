@@ -635,8 +635,9 @@ def open_sources(
     opened: dict[int, ShardSet] = {}
     raw: dict[int, list[InputFile]] = {}
     for i, group in enumerate(groups):
-        if len(group) == 1 and is_shard_set(expand_path(group[0])):
-            opened[i] = ShardSet.open(expand_path(group[0]), verify=verify)
+        one = Path(expand_path(group[0])) if len(group) == 1 else None
+        if one is not None and (is_shard_set(one) or (one / PLAN_FILE).is_file()):
+            opened[i] = ShardSet.open(one, verify=verify)  # an unfinished set: says so
         else:
             raw[i] = resolve_inputs(group)
     ident = {"text_field": text_field, "split": split}
