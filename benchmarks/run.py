@@ -1,7 +1,7 @@
 """Performance suite: gate overhead, ours vs ``transformers``, training memory, attention backends.
 
     python benchmarks/run.py [--quick] [--device cpu|cuda] [--threads N] [--budget SECONDS]
-                             [--only backends memory gates hf] [--no-save]
+                             [--only backends memory gates hf static normalizers] [--no-save]
 
 Every timing is the median of several repetitions after warm-up, measured in one process with
 the compared cases interleaved (one call of each case per round, the starting case rotating), so
@@ -24,7 +24,15 @@ Sections:
 ``hf``        training and generation tokens/s of our model against ``transformers``'
               ``Qwen3ForCausalLM`` (gate none) and ``Qwen3NextForCausalLM`` (all full attention,
               dense MLP, elementwise output gate), built with identical weights by
-              ``gated_attention.hf.convert``.
+              ``gated_attention.hf.convert``;
+``static``    decoding through our ``transformers`` class: ``generate(cache_implementation=
+              "static")`` with ``transformers``' own ``torch.compile`` of the forward, beside
+              our fast loop (``gated_attention.generation.generate``, compiled decoding step),
+              both also eager, on the same weights;
+``normalizers`` forward+backward time and training-step memory of every attention normaliser
+              (``ops/normalizers.py``) over softmax at the cpu-small shape, fp32 and bf16
+              autocast, each first checked on its ``auto`` backend against the float64
+              reference (forward and gradients, T = 63).
 
 The compact ratio table is printed last; the full tables, the machine (platform, cores, torch
 threads) and library versions are appended to ``benchmarks/RESULTS.md``. ``--quick`` runs fewer
@@ -55,6 +63,8 @@ import torch
 from gated_attention import GateConfig, GatedLM, KVCache, ModelConfig, lm_loss
 from gated_attention.generation import generate as fast_generate
 from gated_attention.ops.attention import attention, select_backend
+from gated_attention.ops.normalizers import KINDS, Normalizer
+from gated_attention.ops.reference import reference_attention
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
@@ -405,10 +415,13 @@ def _tensor_bytes(ts: Iterator[torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in ts)
 
 
-def measure_memory(gate: str, dtype: str, shape: Shape, device: torch.device) -> dict[str, float]:
+def measure_memory(
+    gate: str, dtype: str, shape: Shape, device: torch.device, **overrides: Any
+) -> dict[str, float]:
     """Bytes of one training step: saved activations, gate-region activations, parameters with
-    gradients and AdamW state, and (CUDA) the allocator's peak."""
-    model = build(gate, device)
+    gradients and AdamW state, and (CUDA) the allocator's peak. ``overrides``: other
+    ``ModelConfig`` fields (e.g. the attention normaliser)."""
+    model = build(gate, device, **overrides)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x, y = batch_for(shape, model.cfg.vocab_size, device)
     step = train_step(model, lambda x: logits_of(model, x), opt, x, y, dtype)
@@ -761,6 +774,83 @@ def _generation(
         )
 
 
+# ---------------------------------------------------------------------- section: static
+def section_static(s: Settings, report: Report) -> None:
+    """``transformers``' static-cache, compiled ``generate`` on :class:`GatedAttentionForCausalLM`
+    against our fast loop on the same weights (``small`` preset, G1 elementwise gate)."""
+    import transformers
+    from transformers import CompileConfig
+
+    from gated_attention.hf import GatedAttentionForCausalLM
+
+    transformers.logging.set_verbosity_error()
+    logging.getLogger("gated_attention").setLevel(logging.WARNING)
+    n = s.gen_tokens
+    ours = build("sdpa-elementwise", s.device).eval()
+    hf = GatedAttentionForCausalLM.from_gated_lm(ours).eval()
+    # transformers compiles generate's decoding forward on accelerators only unless told.
+    compile_config = CompileConfig(fullgraph=True)
+    compile_config._compile_all_devices = s.device.type == "cpu"
+    rows: list[list[Any]] = []
+    for batch in (1, 8):
+        if not s.budget.allows(90, f"static batch {batch}"):
+            continue
+        gen = torch.Generator().manual_seed(batch)
+        prompt = torch.randint(3, ours.cfg.vocab_size, (batch, 16), generator=gen).to(s.device)
+
+        def hf_generate(prompt: torch.Tensor = prompt, **kwargs: Any) -> torch.Tensor:
+            return hf.generate(
+                prompt,
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                pad_token_id=0,
+                cache_implementation="static",
+                **kwargs,
+            )
+
+        paths: dict[str, Callable[[], torch.Tensor]] = {
+            "transformers static, compiled": lambda: hf_generate(compile_config=compile_config),
+            "transformers static, eager": lambda: hf_generate(disable_compile=True),
+            "fast, compiled": lambda prompt=prompt: fast_generate(ours, prompt, n, compile=True),
+            "fast, eager": lambda prompt=prompt: fast_generate(ours, prompt, n),
+        }
+        compile_s = {}
+        for path in ("transformers static, compiled", "fast, compiled"):
+            t0 = time.perf_counter()
+            paths[path]()  # the first call compiles (excluded from tokens/s)
+            compile_s[path] = time.perf_counter() - t0
+        ref = fast_generate(ours, prompt, n, cache=KVCache())
+        for path in list(paths):
+            if not torch.equal(paths[path](), ref):
+                rows.append([batch, path, "FAIL: tokens differ from the growing cache's", "", ""])
+                del paths[path]
+        if "transformers static, compiled" not in paths:
+            continue
+        times = interleaved(paths, 1, s.reps, s.device)
+        base = median(times["transformers static, compiled"])
+        for path, ts in times.items():
+            note = f"first call {compile_s[path]:.0f} s" if path in compile_s else ""
+            rows.append([batch, path, batch * n / median(ts), base / median(ts), note])
+        if "fast, compiled" in times:
+            report.ratio(
+                f"static-cache decoding batch {batch}: fast loop / transformers compiled",
+                base / median(times["fast, compiled"]),
+                "both compiled, same weights (GatedAttentionForCausalLM)",
+            )
+    report.table(
+        f"Static-cache decoding: transformers' compiled generate vs our loop "
+        f"(greedy, {n} new tokens, prompt 16, fp32, small preset, G1 elementwise)",
+        ["batch", "path", "tokens/s", "vs transformers compiled", "note"],
+        rows,
+        "`transformers static` = `GatedAttentionForCausalLM.generate(cache_implementation="
+        "'static')`, compiled by transformers (`CompileConfig(fullgraph=True)`) or with "
+        "`disable_compile=True`; `fast` = `gated_attention.generation.generate` on the same "
+        "weights (`compile=True`: its decoding step compiled once). Every path's tokens are "
+        "checked equal to a growing-cache reference before timing; compile time is excluded.",
+    )
+
+
 # ---------------------------------------------------------------------- environment
 def busy_cores(seconds: float = 1.0) -> float | None:
     """Cores kept busy by other processes now (``/proc/stat`` over ``seconds``, while this
@@ -819,11 +909,135 @@ def machine(device: torch.device) -> list[str]:
     return lines
 
 
+# ---------------------------------------------------------------------- section: normalizers
+def normalizer_setting(kind: str, seq: int) -> str | dict[str, Any]:
+    """The ``ModelConfig.normalizer`` of ``kind`` for training at ``seq`` tokens (sigmoid's
+    bias ``-log n`` at the training length)."""
+    return {"kind": kind, "length": seq} if kind == "sigmoid" else kind
+
+
+def normalizer_error(kind: str, device: torch.device) -> tuple[str, float]:
+    """The ``auto`` backend of ``kind`` (bf16 CPU rule) and its worst relative error of output,
+    q/k/v and parameter gradients against the float64 reference (T = 63, GQA 3:1, random
+    per-head parameters)."""
+    H, K, D = 6, 2, 16
+    cfg = ModelConfig(
+        num_attention_heads=H,
+        num_key_value_heads=K,
+        head_dim=D,
+        normalizer=normalizer_setting(kind, 63),
+    )
+    gen = torch.Generator().manual_seed(2)
+    params = {
+        n: torch.randn(shape, generator=gen, dtype=torch.float64).to(device).requires_grad_()
+        for n, shape in cfg.normalizer.parameter_shapes(cfg).items()
+    }
+    norm = Normalizer(KINDS[kind], KINDS[kind].resolve(cfg.normalizer.options, cfg), params)
+    ins = [t.requires_grad_() for t in _attention_inputs(2, 63, H, K, D, device, torch.float64, 1)]
+    out = attention(*ins, normalizer=norm)
+    ref_ins = [t.detach().clone().requires_grad_() for t in ins]
+    ref_params = {n: p.detach().clone().requires_grad_() for n, p in params.items()}
+    ref = reference_attention(*ref_ins, kind=kind, params=ref_params, options=norm.options).to(
+        device
+    )
+    g = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(device)
+    got = [out, *torch.autograd.grad(out, [*ins, *params.values()], g)]
+    want = [ref, *torch.autograd.grad(ref, [*ref_ins, *ref_params.values()], g)]
+    errs = [
+        float((a.detach() - b.detach()).abs().max() / b.detach().abs().max())
+        for a, b in zip(got, want)
+    ]
+    low = ins[0].detach().bfloat16()
+    auto = select_backend(low, low[:, :, :K], None, norm)
+    return auto, max(errs)
+
+
+def forward_backward(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: str):
+    """One forward (under autocast) and backward of the LM loss; gradients dropped after."""
+
+    def run() -> None:
+        with autocast(dtype, x.device):
+            loss = lm_loss(logits_of(model, x), y)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    return run
+
+
+def section_normalizers(s: Settings, report: Report) -> None:
+    shape = CPU_SMALL
+    kinds = list(KINDS)
+    rows: list[list[Any]] = []
+    checked: dict[str, tuple[str, float]] = {}
+    for kind in kinds:
+        checked[kind] = normalizer_error(kind, s.device)
+    ok = [k for k in kinds if checked[k][1] <= 1e-10]
+    # cpu-small trains in bf16: a quick run times that dtype only
+    dtypes = ("bfloat16",) if s.quick else DTYPES
+    cases: dict[str, Callable[[], None]] = {}
+    for kind in ok:
+        model = build("none", s.device, normalizer=normalizer_setting(kind, shape.seq))
+        x, y = batch_for(shape, model.cfg.vocab_size, s.device)
+        for dtype in dtypes:
+            cases[f"{kind}|{dtype}"] = forward_backward(model, x, y, dtype)
+    times = interleaved(cases, s.warmup, s.reps, s.device)
+    mb = 1 / 2**20
+    peak_key = "cuda_peak" if s.device.type == "cuda" else "estimate"
+    for dtype in dtypes:
+        memory = {
+            k: measure_memory(
+                "none", dtype, shape, s.device, normalizer=normalizer_setting(k, shape.seq)
+            )[peak_key]
+            for k in ok
+        }
+        base_t = median(times[f"softmax|{dtype}"])
+        for kind in kinds:
+            auto, err = checked[kind]
+            if kind not in ok:
+                rows.append([kind, dtype, auto, f"{err:.1e}", "FAIL", "", "", ""])
+                continue
+            t = median(times[f"{kind}|{dtype}"])
+            ratio_t, ratio_m = t / base_t, memory[kind] / memory["softmax"]
+            rows.append(
+                [kind, dtype, auto, f"{err:.1e}", t * 1e3, ratio_t, memory[kind] * mb, ratio_m]
+            )
+            if kind != "softmax":
+                report.ratio(
+                    f"normalizer fwd+bwd {dtype}: {kind} / softmax",
+                    ratio_t,
+                    f"{shape.name}; memory {ratio_m:.3f}x; auto -> {auto}",
+                )
+    what = "CUDA max_memory_allocated" if s.device.type == "cuda" else "estimate"
+    report.table(
+        f"Attention normalizers, {shape.name} ({shape.batch} x {shape.seq}), forward+backward",
+        [
+            "normalizer",
+            "dtype",
+            "auto (bf16)",
+            "check err",
+            "ms",
+            "time vs softmax",
+            f"step memory MB ({what})",
+            "memory vs softmax",
+        ],
+        rows,
+        "Ungated `small` preset, one model per normalizer, cases interleaved. `check err`: "
+        "largest relative error of the output and all gradients (inputs and per-head "
+        "parameters) of `auto` attention against the float64 reference in float64 (gate: "
+        "1e-10). `auto (bf16)`: the backend `auto` picks for bf16 CPU attention at this length "
+        "(columns kinds on SDPA with the virtual columns prepended, elementwise kinds on eager). "
+        "Memory: the `memory` section's training-step estimate (saved for backward + "
+        "parameters, gradients, AdamW). sigmoid: `length` = the training length.",
+    )
+
+
 SECTIONS: dict[str, Callable[[Settings, Report], None]] = {
     "backends": section_backends,
     "memory": section_memory,
     "gates": section_gates,
     "hf": section_hf,
+    "static": section_static,
+    "normalizers": section_normalizers,
 }
 """Run in this order: the cheap, decisive sections first, compilation (in ``gates``) late, so a
 time budget drops the optional work."""

@@ -105,7 +105,7 @@ def test_gate_accepts_config_dict_and_name():
     assert a == b == c
 
 
-# PAPER.md section 2: parameters each gate adds to the 15A2B MoE model.
+# docs/paper.md section 2: parameters each gate adds to the 15A2B MoE model.
 PAPER_ADDED_PARAMS = {
     "sdpa-elementwise": 201_326_592,
     "query-elementwise": 201_326_592,

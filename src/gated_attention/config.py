@@ -218,6 +218,78 @@ GateConfig._NAMED.update(
 )
 
 
+NORMALIZER_KINDS: dict[str, Any] = {}
+"""Attention normaliser kinds by name, registered by ``gated_attention.ops.normalizers`` (the
+maths lives beside the attention op, which this module sits below; importing the package
+registers them). Each kind has ``check_options(options) -> options`` (validated, defaults
+filled) and ``parameter_shapes(cfg) -> {name: shape}`` (its learned per-layer parameters)."""
+
+
+@dataclass(frozen=True)
+class NormalizerConfig(_DictConfig):
+    """How attention turns logits into weights: ``softmax`` (the default) or another fix for the
+    attention sink (``docs/normalizers.md``; ``NormalizerConfig.kinds()`` lists them).
+
+    A config accepts a kind name (``"sink"``), a dict ``{"kind": ..., "options": {...}}`` or
+    the flat form ``{"kind": "sigmoid", "length": 128}`` (a study arm's TOML setting).
+    """
+
+    kind: str = "softmax"
+    options: dict[str, Any] = field(default_factory=dict)
+    """The kind's settings (e.g. ``sigmoid``'s ``length``); defaults are filled in."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.options, dict):
+            raise ValueError(
+                f"NormalizerConfig.options must be a dict, got {type(self.options).__name__}."
+            )
+        if self.kind == "softmax" and not self.options:
+            return
+        kinds = self.kinds()
+        if self.kind not in NORMALIZER_KINDS:
+            raise ValueError(
+                f"NormalizerConfig.kind={self.kind!r} is not valid; allowed: {', '.join(kinds)}."
+                + (_suggest(str(self.kind), kinds) if isinstance(self.kind, str) else "")
+            )
+        checked = NORMALIZER_KINDS[self.kind].check_options(dict(self.options))
+        object.__setattr__(self, "options", checked)
+
+    @staticmethod
+    def kinds() -> list[str]:
+        """The registered kinds, ``softmax`` first."""
+        return ["softmax", *(k for k in NORMALIZER_KINDS if k != "softmax")]
+
+    @property
+    def is_softmax(self) -> bool:
+        """True for plain softmax attention (no virtual columns, no parameters)."""
+        return self.kind == "softmax"
+
+    def parameter_shapes(self, cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+        """The learned parameters one attention layer of ``cfg`` holds for this kind."""
+        if self.is_softmax:
+            return {}
+        return dict(NORMALIZER_KINDS[self.kind].parameter_shapes(cfg))
+
+    @classmethod
+    def coerce(cls, value: NormalizerConfig | str | dict[str, Any] | None) -> NormalizerConfig:
+        """Accept a config, a kind name, a dict (nested or flat) or ``None`` (softmax)."""
+        if value is None:
+            return cls()
+        if isinstance(value, NormalizerConfig):
+            return value
+        if isinstance(value, str):
+            return cls(kind=value)
+        if isinstance(value, dict):
+            if set(value) <= {"kind", "options"}:
+                return cls.from_dict(value)
+            flat = dict(value)
+            return cls(kind=flat.pop("kind", "softmax"), options=flat)
+        raise ValueError(
+            "normalizer must be a NormalizerConfig, a kind name or a dict, got "
+            f"{type(value).__name__}."
+        )
+
+
 @dataclass(frozen=True)
 class MoEConfig(_DictConfig):
     """A fine-grained mixture-of-experts FFN (softmax top-k routing, Qwen3-MoE style)."""
@@ -227,6 +299,9 @@ class MoEConfig(_DictConfig):
     expert_intermediate_size: int = 64
     shared_expert_intermediate_size: int = 0
     """Width of an always-on shared expert; 0 disables it."""
+    shared_expert_gate: bool = False
+    """Scale the shared expert's output per token by ``sigmoid(x w)`` (a learned ``hidden -> 1``
+    projection), as Qwen3-Next's sparse MoE blocks do; needs a shared expert."""
     norm_topk_prob: bool = True
     """Renormalise the top-k routing weights to sum to one."""
     load_balancing_coef: float = 0.01
@@ -251,6 +326,11 @@ class MoEConfig(_DictConfig):
             raise ValueError(
                 "MoEConfig.shared_expert_intermediate_size must be >= 0 (0 = no shared expert), "
                 f"got {self.shared_expert_intermediate_size}."
+            )
+        if self.shared_expert_gate and not self.shared_expert_intermediate_size:
+            raise ValueError(
+                "MoEConfig.shared_expert_gate=True needs a shared expert: set "
+                "shared_expert_intermediate_size > 0."
             )
         for name in ("load_balancing_coef", "z_loss_coef"):
             if getattr(self, name) < 0:
@@ -293,12 +373,16 @@ class ModelConfig(_DictConfig):
     sandwich_norm: bool = False
     """Sandwich norm (Ding et al. 2021, the paper's Table 2 stability baseline): an extra RMSNorm
     on the attention and FFN outputs before each residual add. Off: the plain pre-norm block."""
+    normalizer: NormalizerConfig = field(default_factory=NormalizerConfig)
+    """The attention normaliser (:class:`NormalizerConfig`, a kind name such as ``"sink"`` or a
+    dict): softmax, or another fix for the attention sink; combines with any gate."""
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __post_init__(self) -> None:
         # Accept names/dicts for the nested configs (frozen dataclass: set via object.__setattr__).
         object.__setattr__(self, "gate", GateConfig.coerce(self.gate))
+        object.__setattr__(self, "normalizer", NormalizerConfig.coerce(self.normalizer))
         if isinstance(self.moe, dict):
             object.__setattr__(self, "moe", MoEConfig.from_dict(self.moe))
         if self.rope_scaling is not None and not isinstance(self.rope_scaling, dict):
@@ -353,11 +437,6 @@ class ModelConfig(_DictConfig):
 
     # ----------------------------------------------------------------- derived sizes
     @property
-    def num_key_value_groups(self) -> int:
-        """Query heads per KV head (``g`` in PAPER.md section 5)."""
-        return self.num_attention_heads // self.num_key_value_heads
-
-    @property
     def rotary_dim(self) -> int:
         return int(self.head_dim * self.partial_rotary_factor)
 
@@ -404,12 +483,13 @@ class ModelConfig(_DictConfig):
         if gate.enabled and gate.transform == "gate" and not gate.input_dependent:
             attn += math.prod(self.gate_shape)
         attn += d if gate.enabled and gate.transform == "rmsnorm" else 0
+        attn += sum(math.prod(s) for s in self.normalizer.parameter_shapes(self).values())
         if self.moe is None:
             ffn = 3 * h * self.intermediate_size
         else:
             m = self.moe
             ffn = h * m.num_experts + m.num_experts * 3 * h * m.expert_intermediate_size
-            ffn += 3 * h * m.shared_expert_intermediate_size
+            ffn += 3 * h * m.shared_expert_intermediate_size + h * int(m.shared_expert_gate)
         norms = h * (4 if self.sandwich_norm else 2)
         embed = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
         return embed + h + layers * (attn + ffn + norms)
@@ -500,6 +580,7 @@ class ModelConfig(_DictConfig):
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["gate"] = self.gate.to_dict()
+        data["normalizer"] = self.normalizer.to_dict()
         data["moe"] = self.moe.to_dict() if self.moe is not None else None
         data["rope_scaling"] = dict(self.rope_scaling) if self.rope_scaling else None
         return data

@@ -11,12 +11,14 @@ hook points (``gated_attention.nn.hooks``).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from gated_attention import generation
@@ -25,7 +27,13 @@ from gated_attention.nn.attention import GatedAttention
 from gated_attention.nn.block import DecoderBlock
 from gated_attention.nn.cache import KVCache
 from gated_attention.nn.norm import RMSNorm
-from gated_attention.ops.attention import causal_mask
+from gated_attention.ops.attention import (
+    boolean_mask,
+    causal_mask,
+    document_causal_mask,
+    document_positions,
+    packed_document_ids,
+)
 from gated_attention.ops.rope import (
     check_rope_scaling,
     rope_cos_sin,
@@ -104,22 +112,64 @@ def positions_and_mask(
     attention_mask: torch.Tensor | None,
     position_ids: torch.Tensor | None,
     device: torch.device,
+    document_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Positions ``(B, T)`` and the boolean attention mask ``(B | 1, 1, T, S)`` (or ``None``) for
-    ``seq`` new tokens (:meth:`DecoderStack.run_decoder`).
+    """Positions ``(B | 1, T)`` and the boolean attention mask ``(B | 1, 1, T, S)`` (or ``None``)
+    for ``seq`` new tokens (:meth:`DecoderStack.run_decoder`).
 
-    Positions come from ``position_ids`` when given, else from the padding mask (left padding
-    starts each row at 0), else continue the cache. A windowed :class:`KVCache` supplies its own
-    StreamingLLM mask (each query sees its window and the sink tokens).
+    Positions come from ``position_ids`` when given, else from the documents (restarting at 0 in
+    each), else from the padding mask (left padding starts each row at 0), else continue the
+    cache. The mask, in order of precedence:
+
+    - a ready 4-D ``attention_mask`` (``transformers``' static-cache ``generate`` builds one) is
+      used as given (:func:`~gated_attention.ops.attention.boolean_mask`);
+    - a windowed :class:`KVCache` supplies its own StreamingLLM mask (each query sees its window
+      and the sink tokens);
+    - packed documents attend only within themselves (block-diagonal causal mask, equal to
+      running each document alone): the documents are ``document_ids`` ``(B, T)`` when given,
+      else, when there is no padding mask and no cached token, wherever ``position_ids``
+      restart (``transformers``' padding-free convention); they need a call without cached
+      tokens;
+    - else the causal mask over cached + new tokens with the 2-D padding mask ``(B, S)``. A
+      pre-allocated ``transformers`` cache (``StaticCache``) returns all its slots; queries then
+      sit at its fill level and unfilled slots are masked.
     """
-    past = cache.get_seq_length(0) if cache is not None else 0
+    past = cache.get_seq_length(0) if cache is not None else 0  # a 0-d tensor for static caches
+    if attention_mask is not None and attention_mask.dim() == 4:
+        if isinstance(cache, KVCache) and cache.windowed:
+            raise ValueError(
+                "a 4-D attention_mask cannot be combined with a windowed KVCache "
+                f"(window={cache.window}); the cache supplies its own mask"
+            )
+        if document_ids is not None:
+            raise ValueError("document_ids cannot be combined with a 4-D attention_mask")
+        if position_ids is None:
+            position_ids = (torch.arange(seq, device=device) + past)[None].expand(batch, seq)
+        return position_ids, boolean_mask(attention_mask)
+    fresh = isinstance(past, int) and past == 0  # no cached token (and no static cache filled)
+    if document_ids is None and position_ids is not None and attention_mask is None and fresh:
+        document_ids = _restarting_documents(position_ids.expand(batch, seq))
+    if document_ids is not None:
+        if document_ids.shape != (batch, seq):
+            raise ValueError(
+                f"document_ids must have shape (batch, seq) = {(batch, seq)}, got "
+                f"{tuple(document_ids.shape)}"
+            )
+        if not fresh:
+            raise ValueError(
+                "packed documents (document_ids, or position_ids restarting at 0) need a call "
+                "without cached tokens: attention within each document is decided for the new "
+                "tokens only. Run the packed rows without past_key_values."
+            )
+        if position_ids is None:
+            position_ids = document_positions(document_ids)
+        return position_ids, document_causal_mask(document_ids, attention_mask)
     if position_ids is None:
         if attention_mask is not None:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -seq:]
         else:
             start = cache.get_position(0) if isinstance(cache, KVCache) else past
-            position_ids = torch.arange(start, start + seq, device=device)[None]
-            position_ids = position_ids.expand(batch, seq)
+            position_ids = (torch.arange(seq, device=device) + start)[None].expand(batch, seq)
     if isinstance(cache, KVCache) and cache.windowed:
         if attention_mask is not None:
             raise ValueError(
@@ -127,14 +177,28 @@ def positions_and_mask(
                 f"(window={cache.window}); feed unpadded sequences"
             )
         return position_ids, cache.attention_mask(seq, device=device)
+    if getattr(cache, "is_compileable", False):  # transformers' static caches: all slots returned
+        key_len, _ = cache.get_mask_sizes(seq, 0)
+        return position_ids, causal_mask(seq, key_len, attention_mask, device, offset=past)
     return position_ids, causal_mask(seq, past + seq, attention_mask, device=device)
+
+
+def _restarting_documents(position_ids: torch.Tensor) -> torch.Tensor | None:
+    """:func:`~gated_attention.ops.attention.packed_document_ids` of ``position_ids``
+    ``(B, T)``, or ``None`` when every row holds one document (the plain causal mask then
+    suffices). Under ``torch.compile`` the documents are always returned (no data-dependent
+    branch)."""
+    documents = packed_document_ids(position_ids)
+    if not torch.compiler.is_compiling() and not bool(documents[:, -1].any()):
+        return None
+    return documents
 
 
 def init_module(module: nn.Module, std: float, init: ModuleType = nn.init) -> None:
     """Initialise one module as Qwen3 does: normal(0, ``std``) for linear and embedding weights
     (the gate slice of ``qkv_proj`` too, as the paper's released code initialises it like
     ``q_proj``), zero biases, norms at identity (1, or 0 when zero-centred), input-independent
-    gate logits at zero.
+    gate logits and attention-normaliser parameters (sink logits, key/value bias) at zero.
 
     ``init`` supplies the in-place initialisers: ``torch.nn.init`` for :class:`GatedLM`,
     ``transformers.initialization`` for the ``transformers`` wrapper (it leaves parameters that
@@ -148,22 +212,54 @@ def init_module(module: nn.Module, std: float, init: ModuleType = nn.init) -> No
         init.normal_(module.weight, mean=0.0, std=std)
     elif isinstance(module, RMSNorm):
         (init.zeros_ if module.zero_centered else init.ones_)(module.weight)
-    elif isinstance(module, GatedAttention) and module.gate_logits is not None:
-        init.zeros_(module.gate_logits)
+    elif isinstance(module, GatedAttention):
+        for param in module.zero_init_parameters():
+            init.zeros_(param)
+
+
+CHECKPOINTING = ("none", "full")
+"""Activation-checkpointing modes of :class:`DecoderStack`: ``none`` keeps every activation;
+``full`` keeps only each block's input and recomputes the block in the backward."""
+
+
+def _checkpoint(function: Callable[..., Any], *args: Any) -> Any:
+    """``torch.utils.checkpoint.checkpoint`` in its non-reentrant form."""
+    return torch.utils.checkpoint.checkpoint(function, *args, use_reentrant=False)
 
 
 class DecoderStack(nn.Module):
     """The decoder core of :class:`GatedLM`, the ``transformers`` model and the generation loop:
     the modules ``embed_tokens``, ``layers`` (:class:`DecoderBlock`), ``norm`` and ``rotary``,
-    and the one loop over the blocks."""
+    and the one loop over the blocks.
 
-    def build_stack(self, cfg: ModelConfig) -> None:
-        """Create the stack's modules for ``cfg`` (on the default device)."""
+    ``checkpointing`` (:data:`CHECKPOINTING`, set with :meth:`set_checkpointing`) trades compute
+    for memory in training: :meth:`run_block` is the one place it is applied.
+    """
+
+    checkpointing: str = "none"
+    checkpoint_fn: Callable[..., Any] = staticmethod(_checkpoint)
+    """Runs ``function(*args)`` keeping only its inputs for the backward (recomputing the
+    rest); ``transformers``' ``gradient_checkpointing_enable`` passes its own."""
+
+    def build_stack(self, cfg: ModelConfig, block: type[DecoderBlock] = DecoderBlock) -> None:
+        """Create the stack's modules for ``cfg`` (on the default device); ``block`` is the
+        class of the layers (a :class:`DecoderBlock` or a subclass with the same parameters)."""
         self.cfg = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderBlock(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList(block(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_type == "zero_centered")
         self.rotary = RotaryEmbedding(cfg)
+
+    def set_checkpointing(self, mode: str, checkpoint_fn: Callable[..., Any] | None = None) -> None:
+        """Choose the activation-checkpointing ``mode`` (:data:`CHECKPOINTING`) and, optionally,
+        the function that checkpoints (default: non-reentrant ``torch.utils.checkpoint``)."""
+        if mode not in CHECKPOINTING:
+            raise ValueError(
+                f"checkpointing={mode!r} is not valid; allowed: {', '.join(CHECKPOINTING)}."
+            )
+        self.checkpointing = mode
+        if checkpoint_fn is not None:
+            self.checkpoint_fn = checkpoint_fn
 
     def run_decoder(
         self,
@@ -172,11 +268,14 @@ class DecoderStack(nn.Module):
         attention_mask: torch.Tensor | None,
         position_ids: torch.Tensor | None,
         hidden: list[torch.Tensor] | None = None,
+        document_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """:meth:`run_blocks` on embeddings ``h`` ``(B, T, hidden)``, with the positions, mask
         (:func:`positions_and_mask`) and RoPE tables they need."""
         B, T = h.shape[:2]
-        position_ids, mask = positions_and_mask(B, T, cache, attention_mask, position_ids, h.device)
+        position_ids, mask = positions_and_mask(
+            B, T, cache, attention_mask, position_ids, h.device, document_ids
+        )
         cos, sin = self.rotary(position_ids, h.dtype)
         return self.run_blocks(h, cos, sin, mask, cache, hidden)
 
@@ -199,12 +298,45 @@ class DecoderStack(nn.Module):
             hidden.append(h)
         aux_total = None
         for layer in self.layers:
-            h, aux = layer(h, cos, sin, mask, cache)
+            h, aux = self.run_block(layer, h, cos, sin, mask, cache)
             if aux is not None:
                 aux_total = aux if aux_total is None else aux_total + aux
             if hidden is not None:
                 hidden.append(h)
         return self.norm(h), aux_total
+
+    def run_block(
+        self,
+        layer: nn.Module,
+        h: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: Any | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One block under the stack's ``checkpointing`` mode (only while training with
+        gradients; a checkpointed block cannot write a KV cache, whose update the backward would
+        replay)."""
+        if self.checkpointing == "none" or not (self.training and torch.is_grad_enabled()):
+            return layer(h, cos, sin, mask, cache)
+        if cache is not None:
+            raise ValueError(
+                f"checkpointing={self.checkpointing!r} cannot fill a KV cache while training; "
+                "call the model with use_cache=False (or in eval mode / under torch.no_grad())"
+            )
+        return self.checkpoint_block(layer, h, cos, sin, mask)
+
+    def checkpoint_block(
+        self,
+        layer: nn.Module,
+        h: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``layer`` on ``h`` with its activations recomputed in the backward
+        (``checkpointing == "full"``), through :attr:`checkpoint_fn`."""
+        return self.checkpoint_fn(layer, h, cos, sin, mask, None)
 
 
 class GatedLM(DecoderStack):
@@ -239,6 +371,7 @@ class GatedLM(DecoderStack):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         logits_to_keep: int = 0,
+        document_ids: torch.Tensor | None = None,
     ) -> CausalLMOutput:
         """Next-token logits for ``input_ids`` ``(B, T)``.
 
@@ -251,14 +384,20 @@ class GatedLM(DecoderStack):
             attention_mask: ``(B, S)`` 1 for real tokens, 0 for padding, over cached + new
                 tokens (Hugging Face convention).
             position_ids: ``(B, T)``; default: continue from the cache (or from the padding-aware
-                count of real tokens when ``attention_mask`` is given).
+                count of real tokens when ``attention_mask`` is given). Positions that restart
+                at 0 inside a row (packed documents) restrict attention to each document.
             logits_to_keep: if > 0, only compute logits for the last that many positions.
+            document_ids: ``(B, T)`` the document of each token of packed rows (contiguous
+                runs): attention stays within each document and positions restart at 0 in
+                each (unless ``position_ids`` are given), as if every document ran alone.
         """
         cache = past_key_values
         if cache is None and use_cache:
             cache = KVCache()
         h = self.embed_tokens(input_ids)
-        h, aux_total = self.run_decoder(h, cache, attention_mask, position_ids)
+        h, aux_total = self.run_decoder(
+            h, cache, attention_mask, position_ids, document_ids=document_ids
+        )
         if logits_to_keep:
             h = h[:, -logits_to_keep:]
         logits = self.lm_head(h)

@@ -71,8 +71,8 @@ def _sliding_reference(model, ids, window, sinks):
     k = torch.arange(T)[None, :]
     mask = ((k <= q) & ((q - k < window) | (k < sinks)))[None, None]
 
-    def masked(q_, k_, v_, m, causal, scale, backend):
-        return original(q_, k_, v_, mask, causal, scale, "eager")
+    def masked(q_, k_, v_, m, causal, scale, backend, normalizer=None):
+        return original(q_, k_, v_, mask, causal, scale, "eager", normalizer)
 
     attn_module.attention = masked
     try:

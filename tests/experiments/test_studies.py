@@ -14,8 +14,9 @@ import torch
 from gated_attention import GateConfig
 from gated_attention.cli import main
 from gated_attention.experiments.stability import Sweep, unrecovered_spikes
+from gated_attention.experiments.stats import compare
 from gated_attention.experiments.study import Arm, load_study, study_from_dict
-from gated_attention.experiments.variants import ORDERINGS, compare, judge, parameter_table
+from gated_attention.experiments.variants import ORDERINGS, judge, parameter_table
 
 ROOT = Path(__file__).resolve().parents[2]
 VARIANTS = ROOT / "configs" / "studies" / "variants.toml"
@@ -336,3 +337,13 @@ def test_study_parameter_matching_keys():
 def test_study_format_validation(changes, message):
     with pytest.raises(ValueError, match=message):
         _study(**changes)
+
+
+def test_metric_names_are_checked():
+    from gated_attention.experiments.metrics import Column
+    from gated_attention.experiments.stats import mean_of
+
+    with pytest.raises(ValueError, match="Did you mean 'val_loss'"):
+        Column("val_los", "val loss")
+    with pytest.raises(ValueError, match="unknown metric 'f_atn'"):
+        mean_of({}, "lm", "baseline", "f_atn")

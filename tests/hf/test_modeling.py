@@ -15,6 +15,7 @@ from gated_attention.hf import (
     GatedAttentionForCausalLM,
     GatedAttentionModel,
 )
+from gated_attention.hf.configuration import ROPE_FIELDS
 from gated_attention.ops.attention import attention_probabilities
 from tests.conftest import small_cfg
 from tests.hf.helpers import VOCAB, gated_lm
@@ -34,8 +35,50 @@ VARIANTS = [
 def test_config_mirrors_model_config_fields_and_defaults():
     hf, ours = GatedAttentionConfig(), ModelConfig()
     assert hf.to_model_config() == ours
+    ours_fields = {f.name for f in fields(GatedAttentionConfig)}
     for f in fields(ModelConfig):
-        assert hasattr(hf, f.name), f.name
+        assert (f.name in ours_fields) is (f.name not in ROPE_FIELDS), f.name
+    assert hf.rope_parameters == {
+        "rope_type": "default",
+        "rope_theta": ours.rope_theta,
+        "partial_rotary_factor": ours.partial_rotary_factor,
+    }
+
+
+def test_rope_parameters_the_transformers_way_and_legacy_keys():
+    yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}
+    cfg = small_cfg(rope_theta=5e5, partial_rotary_factor=0.5, head_dim=8, rope_scaling=yarn)
+    hf = GatedAttentionConfig.from_model_config(cfg)
+    assert hf.rope_parameters == {"rope_theta": 5e5, "partial_rotary_factor": 0.5, **yarn}
+    assert hf.to_model_config() == cfg
+    assert GatedAttentionConfig.from_dict(hf.to_dict()).to_model_config() == cfg
+    # config.json files written with the three ModelConfig keys still load
+    legacy = GatedAttentionConfig(rope_theta=5e5, partial_rotary_factor=0.5, rope_scaling=yarn)
+    assert legacy.to_model_config().rope_scaling == yarn
+    assert legacy.to_model_config().rope_theta == 5e5
+    # Set the way transformers' own tests and users set it (Qwen3 style), after construction
+    hf = GatedAttentionConfig(**{k: getattr(cfg, k) for k in ("vocab_size", "hidden_size")})
+    hf.rope_parameters = {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}
+    assert GatedAttentionModel(hf).cfg.rope_scaling == {"rope_type": "linear", "factor": 2.0}
+    # transformers' dynamic NTK scales from max_position_embeddings, ignoring this key
+    hf.rope_parameters = {
+        "rope_type": "dynamic",
+        "factor": 2.0,
+        "original_max_position_embeddings": 9,
+    }
+    assert hf.to_model_config().rope_scaling == {"rope_type": "dynamic", "factor": 2.0}
+    with pytest.raises(ValueError, match="original_max_position_embeddings=9"):
+        GatedAttentionConfig.from_model_config(
+            small_cfg(
+                rope_scaling={
+                    "rope_type": "dynamic",
+                    "factor": 2.0,
+                    "original_max_position_embeddings": 9,
+                }
+            )
+        )
+    with pytest.raises(ValueError, match="rope_type='llama3'"):
+        GatedAttentionConfig(rope_parameters={"rope_type": "llama3", "factor": 8.0})
 
 
 def test_config_round_trip_and_gate_forms():
@@ -217,7 +260,7 @@ def test_cache_argument_names_inputs_embeds_and_our_kv_cache():
     with pytest.raises(ValueError, match="exactly one"):
         model(ids, inputs_embeds=embeds)
     with pytest.raises(ValueError, match="2-D"):
-        model(ids, attention_mask=torch.ones(1, 1, 8, 8))
+        model(ids, attention_mask=torch.ones(1, 8, 8))
 
 
 def test_labels_give_the_gated_lm_loss_and_gradients():

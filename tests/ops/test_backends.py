@@ -4,8 +4,6 @@ Random inputs with odd sizes (T = 63, head_dim 10), grouped-query heads (g = 3),
 (bottom-right causal mask), padding masks and single-query decoding; forward and gradients.
 """
 
-import math
-
 import pytest
 import torch
 
@@ -18,31 +16,12 @@ from gated_attention.ops.attention import (
     compute_dtype,
     select_backend,
 )
+from gated_attention.ops.reference import reference_attention as reference
 from tests.conftest import small_cfg
 
 FAST = ["sdpa", "sdpa_fp32", "matmul"]
 ALL = [*FAST, "eager", "auto"]
 SIZES = [(63, 63), (5, 70), (1, 9)]  # full causal, a chunk after 65 cached tokens, decoding
-
-
-def reference(q, k, v, mask=None):
-    """Loop attention in float64: query t attends to keys s <= S - T + t (and ``mask``)."""
-    q, k, v = q.double(), k.double(), v.double()
-    B, T, H, D = q.shape
-    S, K = k.shape[1], k.shape[2]
-    rows = []
-    for b in range(B):
-        allowed = torch.ones(T, S, dtype=torch.bool).tril(S - T)
-        if mask is not None:
-            allowed = mask[b if mask.shape[0] > 1 else 0, 0]
-        heads = []
-        for h in range(H):
-            j = h // (H // K)
-            logits = q[b, :, h] @ k[b, :, j].T / math.sqrt(D)  # (T, S)
-            logits = logits.masked_fill(~allowed, float("-inf"))
-            heads.append(torch.softmax(logits, -1) @ v[b, :, j])  # (T, D)
-        rows.append(torch.stack(heads, dim=1))
-    return torch.stack(rows)
 
 
 def inputs(T, S, H=6, K=2, D=10, B=2, scale=1.0, dtype=torch.float64, seed=0):

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from ._common import to_jsonable
 from .hf_probe import collect_hf, find_decoder_layers
 from .metrics import (
     FirstTokenMass,
@@ -20,6 +21,8 @@ from .metrics import (
     LayerGateStats,
     LayerSparsity,
     MassiveActivations,
+    NullAttention,
+    NullAttentionByLayer,
     OutputSparsity,
     SinkRate,
     TopActivation,
@@ -33,9 +36,11 @@ from .metrics import (
     first_token_mass_from_qk,
     gate_statistics,
     head_averaged_map,
+    key_and_row_mass_from_qk,
     key_mass_from_qk,
     layer_activations,
     massive_activations,
+    null_attention,
     output_sparsity,
     sink_rate,
     sink_rate_by_layer,
@@ -62,6 +67,8 @@ __all__ = [
     "LayerGateStats",
     "LayerSparsity",
     "MassiveActivations",
+    "NullAttention",
+    "NullAttentionByLayer",
     "OutputSparsity",
     "SinkRate",
     "TopActivation",
@@ -78,9 +85,11 @@ __all__ = [
     "first_token_mass_from_qk",
     "gate_statistics",
     "head_averaged_map",
+    "key_and_row_mass_from_qk",
     "key_mass_from_qk",
     "layer_activations",
     "massive_activations",
+    "null_attention",
     "output_sparsity",
     "plot_attention_maps",
     "plot_first_token_mass",
@@ -91,4 +100,5 @@ __all__ = [
     "sink_rate",
     "sink_rate_by_layer",
     "sink_rate_from_alpha",
+    "to_jsonable",
 ]

@@ -7,6 +7,11 @@ head ``h`` reads KV head ``h // (H // K)``, the same consecutive grouping as ``r
 ``transformers``. With ``S > T`` (a cached prefix) the causal mask is bottom-right aligned, as
 in ``torch.nn.functional.scaled_dot_product_attention`` with a KV cache: query ``t`` sees keys
 ``0 .. t + (S - T)``.
+
+A model with another attention normaliser than softmax (``ops/normalizers.py``) passes its
+layer's :class:`~gated_attention.ops.normalizers.Normalizer`: the maps are then the weights on
+the real tokens, computed by the op's own normaliser (rows need not sum to 1; what a learnable
+sink, the "+1" or a key/value bias column takes is left out and reported as null attention).
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from gated_attention.ops.normalizers import Normalizer, as_normalizer, normalize
 
 from ._common import check_ndim, check_probs
 from .gates import GATE_LAYOUT
@@ -53,8 +60,10 @@ def _probs_chunk(
     scale: float,
     causal: bool,
     key_keep: torch.Tensor | None,
+    normalizer: Normalizer | None = None,
 ) -> torch.Tensor:
-    """Softmax probabilities of queries ``t0:t1``: ``(B, H, t1 - t0, S)`` in ``q``'s dtype.
+    """Softmax probabilities (or ``normalizer``'s weights on the real keys) of queries
+    ``t0:t1``: ``(B, H, t1 - t0, S)`` in ``q``'s dtype.
 
     ``q`` and ``k`` are already in the compute dtype. Rows with every key masked are set to 0
     rather than NaN (this happens for padded queries under left padding).
@@ -72,6 +81,13 @@ def _probs_chunk(
     if key_keep is not None:
         keep = key_keep[:, None, None, :]
         allowed = keep if allowed is None else allowed & keep
+    if normalizer is not None:
+        if allowed is not None:
+            scores = scores.masked_fill(~allowed, float("-inf"))
+        weights = normalize(scores, q[:, t0:t1], scale, normalizer)[0]
+        if allowed is None:
+            return weights
+        return torch.where(allowed.any(dim=-1, keepdim=True), weights, torch.zeros_like(weights))
     if allowed is None:
         return torch.softmax(scores, dim=-1)
     probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
@@ -109,6 +125,7 @@ def attention_probs_from_qk(
     attention_mask: torch.Tensor | None = None,
     query_chunk: int | None = None,
     dtype: torch.dtype = torch.float32,
+    normalizer: Normalizer | str | None = None,
 ) -> torch.Tensor:
     """Softmax attention probabilities from post-RoPE queries and keys.
 
@@ -121,15 +138,18 @@ def attention_probs_from_qk(
         query_chunk: compute this many queries at a time so the ``(H, chunk, S)`` logits are
             the only temporary (``None`` = all at once).
         dtype: compute and output dtype (float32 by default; float64 for references).
+        normalizer: the layer's attention normaliser (``None``: softmax); the result is then
+            its weights on the real keys.
 
     Returns:
         ``(batch, H, T, S)`` probabilities; rows with every key masked are all zero.
     """
     B, T, H, S, _ = _check_qk(q, k, causal, attention_mask)
     qc, kc, s, keep = _prepare(q, k, scale, attention_mask, dtype)
+    norm = as_normalizer(normalizer)
     out = torch.empty(B, H, T, S, dtype=dtype, device=q.device)
     for t0, t1 in _chunk_bounds(T, query_chunk):
-        out[:, :, t0:t1] = _probs_chunk(qc, kc, t0, t1, s, causal, keep)
+        out[:, :, t0:t1] = _probs_chunk(qc, kc, t0, t1, s, causal, keep, norm)
     return out
 
 
@@ -143,6 +163,7 @@ def key_mass_from_qk(
     attention_mask: torch.Tensor | None = None,
     query_chunk: int = 256,
     dtype: torch.dtype = torch.float32,
+    normalizer: Normalizer | str | None = None,
 ) -> torch.Tensor:
     """Probability every query puts on one key, streamed over query chunks.
 
@@ -152,14 +173,37 @@ def key_mass_from_qk(
     Returns:
         ``(batch, H, T)`` probabilities on key ``key_index`` (0-based), in ``dtype``.
     """
+    return key_and_row_mass_from_qk(
+        q, k, key_index, scale, causal, attention_mask, query_chunk, dtype, normalizer
+    )[0]
+
+
+def key_and_row_mass_from_qk(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    key_index: int = 0,
+    scale: float | None = None,
+    causal: bool = True,
+    attention_mask: torch.Tensor | None = None,
+    query_chunk: int = 256,
+    dtype: torch.dtype = torch.float32,
+    normalizer: Normalizer | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One streamed pass: the weight every query puts on key ``key_index`` and its row's total
+    weight on the real keys (1 under softmax; less where a sink or "+1" takes some), both
+    ``(batch, H, T)`` in ``dtype``. Arguments as in :func:`attention_probs_from_qk`."""
     B, T, H, S, _ = _check_qk(q, k, causal, attention_mask)
     if not 0 <= key_index < S:
         raise ValueError(f"key_index must be in [0, {S}), got {key_index}")
     qc, kc, s, keep = _prepare(q, k, scale, attention_mask, dtype)
-    out = torch.empty(B, H, T, dtype=dtype, device=q.device)
+    norm = as_normalizer(normalizer)
+    col = torch.empty(B, H, T, dtype=dtype, device=q.device)
+    row = torch.empty(B, H, T, dtype=dtype, device=q.device)
     for t0, t1 in _chunk_bounds(T, query_chunk):
-        out[:, :, t0:t1] = _probs_chunk(qc, kc, t0, t1, s, causal, keep)[..., key_index]
-    return out
+        probs = _probs_chunk(qc, kc, t0, t1, s, causal, keep, norm)
+        col[:, :, t0:t1] = probs[..., key_index]
+        row[:, :, t0:t1] = probs.sum(dim=-1)
+    return col, row
 
 
 def first_token_mass_from_qk(
@@ -171,13 +215,14 @@ def first_token_mass_from_qk(
     query_chunk: int = 256,
     include_first_query: bool = True,
     dtype: torch.dtype = torch.float32,
+    normalizer: Normalizer | str | None = None,
 ) -> FirstTokenMass:
     """:func:`~gated_attention.analysis.sinks.first_token_mass` without the full map.
 
     Same result as ``first_token_mass(attention_probs_from_qk(q, k, ...))``; ``q`` is
     ``(batch, T, H, D)`` and ``k`` is ``(batch, S, K, D)``.
     """
-    p0 = key_mass_from_qk(q, k, 0, scale, causal, attention_mask, query_chunk, dtype)
+    p0 = key_mass_from_qk(q, k, 0, scale, causal, attention_mask, query_chunk, dtype, normalizer)
     return first_token_mass_from_key0(p0, k.shape[1], include_first_query=include_first_query)
 
 
@@ -190,6 +235,7 @@ def alpha_from_qk(
     attention_mask: torch.Tensor | None = None,
     query_chunk: int = 256,
     dtype: torch.dtype = torch.float32,
+    normalizer: Normalizer | str | None = None,
 ) -> torch.Tensor:
     """Gu et al.'s ``alpha_k`` for 1-based key ``position``, streamed: ``(batch, H)`` float64.
 
@@ -198,7 +244,9 @@ def alpha_from_qk(
     _, _, _, S, _ = _check_qk(q, k, causal, attention_mask)
     if not 1 <= position <= S:
         raise ValueError(f"position must be in [1, {S}] (1-based), got {position}")
-    col = key_mass_from_qk(q, k, position - 1, scale, causal, attention_mask, query_chunk, dtype)
+    col = key_mass_from_qk(
+        q, k, position - 1, scale, causal, attention_mask, query_chunk, dtype, normalizer
+    )
     return alpha_from_key_column(col, position - 1, S)
 
 
@@ -208,10 +256,12 @@ def effective_attention(probs: torch.Tensor, gate_scores: torch.Tensor) -> torch
     With a G1 gate the head's output for query ``t`` is ``gate_t * sum_s A[t, s] v_s``; for a
     headwise gate ``gate_t * A[t, :]`` is exactly the weight each value receives. For an
     elementwise gate the per-dimension scores are averaged, so the map is an approximation
-    that shows how much of the attention actually reaches the output.
+    that shows how much of the attention actually reaches the output. Rows of another
+    normaliser (weights on the real tokens, not summing to 1) are scaled the same way; the
+    null attention (a sink's or "+1"'s share) reaches the output only as a bias column's value.
 
     Args:
-        probs: ``(batch, H, T, S)`` softmax attention.
+        probs: ``(batch, H, T, S)`` softmax attention or a normaliser's real-token weights.
         gate_scores: ``(batch, T, H, D)`` or ``(batch, T, H, 1)`` gate scores.
 
     Returns:

@@ -3,7 +3,7 @@
 The implementations live in small modules with one job each:
 
 * :mod:`.sinks` -- first-token mass (F-Attn) and its causal floor, Gu et al.'s alpha_k and
-  sink rate;
+  sink rate, null attention under non-softmax normalisers;
 * :mod:`.activations` -- massive activations (Sun et al. 2024) and M-Act;
 * :mod:`.gates` -- gate-score statistics and SDPA-output sparsity;
 * :mod:`.attention` -- attention maps from post-RoPE q/k (dense, chunked or streamed) and the
@@ -25,6 +25,7 @@ from .attention import (
     effective_attention,
     first_token_mass_from_qk,
     head_averaged_map,
+    key_and_row_mass_from_qk,
     key_mass_from_qk,
 )
 from .gates import (
@@ -39,14 +40,19 @@ from .gates import (
 from .sinks import (
     FirstTokenMass,
     FirstTokenMassByLayer,
+    NullAttention,
+    NullAttentionByLayer,
     SinkRate,
     alpha_k,
     causal_floor,
     first_token_mass,
     first_token_mass_by_layer,
+    null_attention,
+    null_attention_from_rows,
     sink_rate,
     sink_rate_by_layer,
     sink_rate_from_alpha,
+    summarise_null_attention,
 )
 
 __all__ = [
@@ -58,6 +64,8 @@ __all__ = [
     "LayerGateStats",
     "LayerSparsity",
     "MassiveActivations",
+    "NullAttention",
+    "NullAttentionByLayer",
     "OutputSparsity",
     "SinkRate",
     "TopActivation",
@@ -71,11 +79,15 @@ __all__ = [
     "first_token_mass_from_qk",
     "gate_statistics",
     "head_averaged_map",
+    "key_and_row_mass_from_qk",
     "key_mass_from_qk",
     "layer_activations",
     "massive_activations",
+    "null_attention",
+    "null_attention_from_rows",
     "output_sparsity",
     "sink_rate",
     "sink_rate_by_layer",
     "sink_rate_from_alpha",
+    "summarise_null_attention",
 ]

@@ -63,7 +63,8 @@ def capture_model(
 ) -> Captured:
     """One forward of ``model`` (a :class:`~gated_attention.GatedLM`) on ``input_ids`` ``(B, T)``
     recording post-RoPE q/k, gate scores, SDPA output before/after the gate and each block's
-    residual output, in the container that :func:`analyze_captured` reads.
+    residual output, in the container that :func:`analyze_captured` reads; with a non-softmax
+    attention normaliser also each layer's normaliser and parameters (``Captured.normalizers``).
 
     G5 (dense) gate scores ``(B, T, d)`` are reshaped to ``(B, T, 1, d)`` so that the gate
     statistics treat them as one "head".
@@ -93,6 +94,11 @@ def capture_model(
     attn = model.layers[0].self_attn
     z_after = prep(store["self_attn.hook_z_gated"])
     has_gate = model.cfg.gate.enabled and model.cfg.gate.position == "sdpa"
+    meta: dict[str, Any] = {"source": "gated_attention", "gate": model.cfg.gate.to_dict()}
+    normalizers = None
+    if not model.cfg.normalizer.is_softmax:
+        meta["normalizer"] = model.cfg.normalizer.to_dict()
+        normalizers = [layer.self_attn.normalizer().detached() for layer in model.layers]
     return Captured(
         n_layers=layers,
         seq_len=input_ids.shape[1],
@@ -106,5 +112,6 @@ def capture_model(
         z_after=z_after if has_gate else None,
         query_mask=query_mask,
         input_ids=input_ids.cpu(),
-        meta={"source": "gated_attention", "gate": model.cfg.gate.to_dict()},
+        meta=meta,
+        normalizers=normalizers,
     )

@@ -5,7 +5,8 @@ from a ``transformers`` model's ``output_attentions`` / hidden states, or a prob
 model from its taps (``nn/hooks.py``: ``hook_q`` / ``hook_k`` post-RoPE, ``hook_gate``,
 ``hook_z`` / ``hook_z_gated`` and each block's ``hook_resid_post``) -- and
 :func:`analyze_captured` turns it into an :class:`AnalysisReport` with the paper's Table 4
-quantities (F-Attn, M-Act, gate mean) plus Gu et al.'s sink rate.
+quantities (F-Attn, M-Act, gate mean) plus Gu et al.'s sink rate, and, for a model with another
+attention normaliser than softmax, its null attention (``docs/normalizers.md``).
 """
 
 from __future__ import annotations
@@ -16,19 +17,26 @@ from typing import Any
 
 import torch
 
+from gated_attention.ops.normalizers import Normalizer
+
 from ._common import JsonMixin, check_ndim, to_jsonable
 from .activations import MassiveActivations, massive_activations
-from .attention import key_mass_from_qk
+from .attention import key_and_row_mass_from_qk
 from .gates import GateStats, OutputSparsity, gate_statistics, output_sparsity
 from .sinks import (
     FirstTokenMassByLayer,
+    NullAttention,
+    NullAttentionByLayer,
     SinkRate,
     alpha_from_key_column,
     first_token_mass_by_layer,
     first_token_mass_from_key0,
+    null_attention,
+    null_attention_from_rows,
     sink_rate_by_layer,
     sink_rate_from_alpha,
     summarise_first_token_mass,
+    summarise_null_attention,
 )
 
 
@@ -56,6 +64,8 @@ class Captured:
         query_mask: optional ``(B, T)`` boolean that splits the gate statistics.
         input_ids: ``(B, T)`` token ids.
         meta: free-form provenance (model type, what was captured how).
+        normalizers: each layer's attention normaliser (``None``: softmax): attention is then
+            recomputed through it, and its null attention is reported.
     """
 
     n_layers: int
@@ -73,9 +83,11 @@ class Captured:
     query_mask: torch.Tensor | None = None
     input_ids: torch.Tensor | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    normalizers: list[Normalizer] | None = None
 
     def __post_init__(self) -> None:
-        for name in ("hidden", "probs", "q", "k", "gate_scores", "z_before", "z_after"):
+        names = ("hidden", "probs", "q", "k", "gate_scores", "z_before", "z_after", "normalizers")
+        for name in names:
             value = getattr(self, name)
             if value is None:
                 continue
@@ -110,6 +122,9 @@ class AnalysisReport(JsonMixin):
         gates: gate-score statistics (needs gate scores).
         sparsity: SDPA-output sparsity before/after the gate (needs z before and after).
         meta: the :class:`Captured` provenance.
+        null_attention: for a non-softmax normaliser, the weight each layer leaves to no real
+            token and its learned parameters (``first_token_mass`` and ``sink`` then read the
+            real-token weights).
     """
 
     n_layers: int
@@ -121,6 +136,7 @@ class AnalysisReport(JsonMixin):
     gates: GateStats | None
     sparsity: OutputSparsity | None
     meta: dict[str, Any] = field(default_factory=dict)
+    null_attention: NullAttentionByLayer | None = None
 
     def summary(self) -> dict[str, Any]:
         """Headline numbers, named like the paper's Table 4 columns where they match."""
@@ -151,6 +167,15 @@ class AnalysisReport(JsonMixin):
                 mean_abs_z_before=self.sparsity.mean_abs_before,
                 mean_abs_z_after=self.sparsity.mean_abs_after,
             )
+        if self.null_attention is not None:
+            n = self.null_attention
+            out.update(
+                normalizer=n.kind,
+                null_mass=n.null_mass,
+                row_mass=n.row_mass,
+                first_token_share=n.first_token_share,
+                **{f"{name}_mean": v for name, v in n.parameter_means.items()},
+            )
         return to_jsonable(out)
 
     def to_dict(self) -> dict[str, Any]:
@@ -168,18 +193,23 @@ def _sink_metrics_from_qk(
     eps: float,
     include_first_query: bool,
     query_chunk: int,
-) -> tuple[FirstTokenMassByLayer, SinkRate]:
-    """First-token mass and alpha_1 from one streamed pass over each layer's q/k."""
-    ftm, alphas = [], []
-    for ql, kl in zip(q, k):
-        p0 = key_mass_from_qk(ql, kl, 0, scale, causal, None, query_chunk)  # (B, H, T)
+    normalizers: Sequence[Normalizer | None],
+) -> tuple[FirstTokenMassByLayer, SinkRate, list[NullAttention]]:
+    """First-token mass, alpha_1 and null attention from one streamed pass over each layer's
+    q/k (through the layer's normaliser)."""
+    ftm, alphas, nulls = [], [], []
+    for ql, kl, norm in zip(q, k, normalizers):
+        p0, rows = key_and_row_mass_from_qk(
+            ql, kl, 0, scale, causal, None, query_chunk, normalizer=norm
+        )  # (B, H, T) each
         S = kl.shape[1]
         ftm.append(first_token_mass_from_key0(p0, S, include_first_query=include_first_query))
         alphas.append(alpha_from_key_column(p0, 0, S))  # alpha_1 is the key-0 column's mean
+        if norm is not None:
+            nulls.append(null_attention_from_rows(p0, rows, null_defined=norm.kind.null_attention))
     seq_len = q[0].shape[1]
-    return summarise_first_token_mass(ftm), sink_rate_from_alpha(
-        alphas, eps=eps, k=1, seq_len=seq_len
-    )
+    sink = sink_rate_from_alpha(alphas, eps=eps, k=1, seq_len=seq_len)
+    return summarise_first_token_mass(ftm), sink, nulls
 
 
 def analyze_captured(
@@ -217,12 +247,25 @@ def analyze_captured(
         )
     ftm: FirstTokenMassByLayer | None = None
     sink: SinkRate | None = None
+    norms = c.normalizers if c.normalizers is not None else [None] * c.n_layers
+    nulls: list[NullAttention] = []
     if c.probs is not None:
         ftm = first_token_mass_by_layer(c.probs, include_first_query=include_first_query)
         sink = sink_rate_by_layer(c.probs, eps=eps, k=1)
+        nulls = [
+            null_attention(p, null_defined=n.kind.null_attention)
+            for p, n in zip(c.probs, norms)
+            if n is not None
+        ]
     elif c.q is not None and c.k is not None:
-        ftm, sink = _sink_metrics_from_qk(
-            c.q, c.k, c.scale, c.causal, eps, include_first_query, query_chunk
+        ftm, sink, nulls = _sink_metrics_from_qk(
+            c.q, c.k, c.scale, c.causal, eps, include_first_query, query_chunk, norms
+        )
+    null_summary = None
+    if nulls:
+        kinds = [n for n in norms if n is not None]
+        null_summary = summarise_null_attention(
+            kinds[0].name, nulls, [dict(n.params) for n in kinds]
         )
     massive = massive_activations(c.hidden, top_k=top_k) if c.hidden else None
     gates = None
@@ -243,4 +286,5 @@ def analyze_captured(
         gates=gates,
         sparsity=sparsity,
         meta=dict(c.meta),
+        null_attention=null_summary,
     )

@@ -1,6 +1,6 @@
-"""Attention-sink metrics on softmax attention maps: first-token mass, alpha_k and sink rate.
+"""Attention-sink metrics on attention maps: first-token mass, alpha_k, sink rate, null attention.
 
-Definitions follow the reference facts (PAPER.md section 6):
+Definitions follow the reference facts (docs/paper.md section 6):
 
 * **F-Attn** (Qiu et al. 2025, Table 4): the probability on key 0, averaged over queries and
   heads, per layer and then over layers. It is reported beside the *causal floor*, the value
@@ -8,6 +8,11 @@ Definitions follow the reference facts (PAPER.md section 6):
 * **alpha_k and Sink_k^eps** (Gu et al. 2024, "When Attention Sink Emerges in Language
   Models"): ``alpha_k = 1/(T-k+1) * sum_{t>=k} A[t, k]`` with 1-based ``k``, and the sink rate
   is the share of heads with ``alpha_k > eps`` (eps = 0.3, T = 64).
+
+* **Null attention** (``docs/normalizers.md``): under a normaliser whose rows need not sum to
+  1 (a learnable sink, softmax + 1, a key/value bias, sigmoid attention) the metrics above read
+  the weights on the real tokens, and :class:`NullAttention` reports separately the share the
+  sink, the "+1" or the bias column takes, and the first-token share of the real-token mass.
 
 All maps are ``(batch, heads, query, key)``. When ``key > query`` (a cached prefix) the causal
 mask is taken as bottom-right aligned: query ``t`` sees keys ``0 .. t + (key - query)``.
@@ -288,3 +293,115 @@ def sink_rate(probs: TensorOrLayers, eps: float = 0.3, k: int = 1) -> SinkRate:
         k: 1-based key position (1 = first token).
     """
     return sink_rate_by_layer(probs, eps=eps, k=k)
+
+
+# ---------------------------------------------------------------------- null attention
+@dataclass
+class NullAttention(JsonMixin):
+    """Where one layer's attention goes under a normaliser whose rows need not sum to 1.
+
+    Attributes:
+        row_mass: mean total weight on the real tokens (1 under softmax).
+        null_mass: mean ``1 - row mass``: the weight a learnable sink, the "+1" or a key/value
+            bias column takes, or that a rectified kind withholds ("null attention"); ``None`` where
+            rows may exceed 1 (sigmoid attention), so no share is withheld.
+        first_token_share: mean over rows with weight of ``weight on token 0 / row mass``: the
+            F-Attn the same logits would give with the null column removed.
+        per_head_row_mass / per_head_null_mass: ``(heads,)`` means over batch and queries.
+    """
+
+    row_mass: float
+    null_mass: float | None
+    first_token_share: float
+    per_head_row_mass: list[float]
+    per_head_null_mass: list[float] | None
+
+
+@dataclass
+class NullAttentionByLayer(JsonMixin):
+    """:class:`NullAttention` for every layer, with the normaliser's learned parameters.
+
+    Attributes:
+        kind: the normaliser (``NormalizerConfig.kind``).
+        per_layer: one :class:`NullAttention` per layer.
+        row_mass / null_mass / first_token_share: means over layers (``null_mass`` ``None``
+            for normalisers without null attention).
+        per_layer_null_mass: ``(layers,)``, or ``None``.
+        parameters: per parameter name, ``(layers, heads)``: the learned value per head (the
+            sink logits ``s_h``) or, for vector parameters, its norm per head (key/value bias).
+        parameter_means: per parameter name, the mean of ``parameters`` over layers and heads.
+    """
+
+    kind: str
+    per_layer: list[NullAttention]
+    row_mass: float
+    null_mass: float | None
+    first_token_share: float
+    per_layer_null_mass: list[float] | None
+    parameters: dict[str, list[list[float]]]
+    parameter_means: dict[str, float]
+
+
+def null_attention_from_rows(
+    p0: torch.Tensor, rows: torch.Tensor, *, null_defined: bool = True
+) -> NullAttention:
+    """Summarise one layer from the weight on token 0 and each row's total weight.
+
+    Args:
+        p0: ``(batch, heads, query)`` weight on key 0.
+        rows: ``(batch, heads, query)`` total weight on the real keys.
+        null_defined: whether ``1 - rows`` is null attention (False for sigmoid attention).
+    """
+    check_ndim(p0, 3, "p0", "(batch, heads, query)")
+    check_ndim(rows, 3, "rows", "(batch, heads, query)")
+    rows, p0 = rows.double(), p0.double()
+    per_head_rows = rows.mean(dim=-1).mean(dim=0)
+    positive = rows > 0
+    share = torch.where(positive, p0 / rows.clamp(min=torch.finfo(rows.dtype).tiny), 0.0)
+    first_share = float(share.sum() / positive.sum().clamp(min=1))
+    per_head_null = (1 - per_head_rows) if null_defined else None
+    return NullAttention(
+        row_mass=float(per_head_rows.mean()),
+        null_mass=float(per_head_null.mean()) if per_head_null is not None else None,
+        first_token_share=first_share,
+        per_head_row_mass=per_head_rows.tolist(),
+        per_head_null_mass=per_head_null.tolist() if per_head_null is not None else None,
+    )
+
+
+def null_attention(probs: torch.Tensor, *, null_defined: bool = True) -> NullAttention:
+    """:func:`null_attention_from_rows` of one ``(batch, heads, query, key)`` weight map."""
+    check_probs(probs)
+    return null_attention_from_rows(probs[..., 0], probs.sum(dim=-1), null_defined=null_defined)
+
+
+def summarise_null_attention(
+    kind: str,
+    per_layer: Sequence[NullAttention],
+    parameters: Sequence[dict[str, torch.Tensor]] = (),
+) -> NullAttentionByLayer:
+    """Combine per-layer results, with each layer's learned normaliser parameters (``(heads,)``
+    values or ``(heads, D)`` vectors, by name)."""
+    if not per_layer:
+        raise ValueError("summarise_null_attention: no layers given")
+    n = len(per_layer)
+    nulls = [r.null_mass for r in per_layer]
+    defined = all(v is not None for v in nulls)
+    params: dict[str, list[list[float]]] = {}
+    for layer in parameters:
+        for name, t in layer.items():
+            t = t.detach().double().cpu()
+            per_head = t if t.dim() == 1 else t.reshape(t.shape[0], -1).norm(dim=-1)
+            params.setdefault(name, []).append(per_head.tolist())
+    return NullAttentionByLayer(
+        kind=kind,
+        per_layer=list(per_layer),
+        row_mass=sum(r.row_mass for r in per_layer) / n,
+        null_mass=sum(nulls) / n if defined else None,  # type: ignore[arg-type]
+        first_token_share=sum(r.first_token_share for r in per_layer) / n,
+        per_layer_null_mass=nulls if defined else None,  # type: ignore[arg-type]
+        parameters=params,
+        parameter_means={
+            name: float(torch.tensor(v, dtype=torch.float64).mean()) for name, v in params.items()
+        },
+    )

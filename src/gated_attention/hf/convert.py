@@ -1,5 +1,6 @@
 """Checkpoint converters between our ``transformers`` format and the formats of
-``gated_attention.hf.formats``, by name in :data:`REGISTRY` (``paper``, ``qwen3``, ``qwen3-next``).
+``gated_attention.hf.formats``, by name in :data:`REGISTRY` (``paper``, ``qwen3``, ``qwen3-moe``,
+``qwen3-next``).
 
 ``import_checkpoint(fmt, src, dst)`` writes a directory that ``AutoModelForCausalLM`` loads as
 :class:`GatedAttentionForCausalLM`; ``export_checkpoint(fmt, src, dst)`` does the reverse. Only
@@ -29,6 +30,7 @@ from .configuration import GatedAttentionConfig
 from .formats.base import SHARED_FIELDS, TOKEN_FIELDS, CheckpointFormat, ConversionError, require
 from .formats.paper import PaperFormat
 from .formats.qwen3 import Qwen3Format
+from .formats.qwen3_moe import Qwen3MoeFormat
 from .formats.qwen3_next import Qwen3NextFormat
 from .modeling import gated_lm_state_to_hf
 
@@ -37,11 +39,13 @@ __all__ = [
     "FORMATS",
     "REGISTRY",
     "ConversionError",
+    "check_exportable",
     "expected_shapes",
     "export_checkpoint",
     "export_state",
     "get_format",
     "import_checkpoint",
+    "per_expert_weights",
     "import_state",
     "load_weights",
     "read_config",
@@ -51,7 +55,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 REGISTRY: dict[str, CheckpointFormat] = {
-    f.name: f for f in (PaperFormat(), Qwen3Format(), Qwen3NextFormat())
+    f.name: f for f in (PaperFormat(), Qwen3Format(), Qwen3MoeFormat(), Qwen3NextFormat())
 }
 """The formats by the name ``import_checkpoint``, ``export_checkpoint`` and the CLI take."""
 FORMATS = tuple(REGISTRY)
@@ -73,6 +77,7 @@ CARRY_FILES = (
 _ATTN_KEY = re.compile(
     r"^model\.layers\.(\d+)\.self_attn\.(q_proj|k_proj|v_proj|qkv_proj)\.(weight|bias)$"
 )
+_FUSED_EXPERTS = re.compile(r"^(.*\.mlp\.experts)\.(gate_up_proj|down_proj)$")
 
 
 # ---------------------------------------------------------------------- files
@@ -221,7 +226,7 @@ MAPPED_FIELDS = frozenset(SHARED_FIELDS) | {
 field added to the core later is refused by name rather than silently dropped)."""
 
 
-def _check_exportable(cfg: ModelConfig, fmt: CheckpointFormat) -> None:
+def check_exportable(cfg: ModelConfig, fmt: CheckpointFormat) -> None:
     """Raise for the first field ``fmt`` cannot express."""
     default = ModelConfig()
     for f in dataclasses.fields(ModelConfig):
@@ -230,7 +235,6 @@ def _check_exportable(cfg: ModelConfig, fmt: CheckpointFormat) -> None:
             f.name in MAPPED_FIELDS or value == getattr(default, f.name),
             f"{f.name}={value!r} cannot be exported to {fmt.name}: the format has no equivalent.",
         )
-    require(cfg.moe is None, f"moe={cfg.moe} cannot be exported to {fmt.name}: only dense models.")
     fmt.check_exportable(cfg)
 
 
@@ -275,7 +279,7 @@ def import_state(
     form = get_format(fmt)
     out: dict[str, torch.Tensor] = {}
     attn: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
-    for key, t in state.items():
+    for key, t in per_expert_weights(state).items():
         m = _ATTN_KEY.match(key)
         if m and m.group(2) != "qkv_proj":
             attn.setdefault((m.group(1), m.group(3)), {})[m.group(2)] = t
@@ -300,12 +304,33 @@ def import_state(
     return out
 
 
+def per_expert_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with ``transformers``' in-memory fused expert tensors (``experts.gate_up_proj``
+    ``(E, 2I, H)``, ``experts.down_proj`` ``(E, H, I)``) split into the per-expert
+    ``experts.{e}.{gate,up,down}_proj.weight`` tensors its checkpoints (and ours) hold."""
+    out: dict[str, torch.Tensor] = {}
+    for key, t in state.items():
+        m = _FUSED_EXPERTS.match(key)
+        if m is None:
+            out[key] = t
+            continue
+        prefix = m.group(1)
+        for e, w in enumerate(t.unbind(0)):
+            if m.group(2) == "down_proj":
+                out[f"{prefix}.{e}.down_proj.weight"] = w
+            else:
+                gate, up = w.chunk(2, dim=0)
+                out[f"{prefix}.{e}.gate_proj.weight"] = gate
+                out[f"{prefix}.{e}.up_proj.weight"] = up
+    return out
+
+
 def export_state(
     fmt: str, cfg: ModelConfig, state: dict[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
     """Our state dict (``GatedAttentionForCausalLM`` keys) -> ``fmt`` keys and layout."""
     form = get_format(fmt)
-    _check_exportable(cfg, form)
+    check_exportable(cfg, form)
     _check_state(
         {k: v for k, v in state.items() if not (cfg.tie_word_embeddings and k == "lm_head.weight")},
         expected_shapes(cfg),
@@ -381,7 +406,7 @@ def export_checkpoint(
             "differ by rounding below float32.",
             fmt,
         )
-    _check_exportable(cfg, form)
+    check_exportable(cfg, form)
     foreign = form.config_from_ours(cfg, extras)
     state = export_state(fmt, cfg, load_weights(src))
     _prepare_destination(src, dst, overwrite)

@@ -12,8 +12,23 @@ exists (it is accepted and ignored), ``output_attentions`` / ``output_hidden_sta
 (``gated_attention.ops.attention``): ``attn_implementation="eager"`` selects our ``eager`` backend,
 anything else leaves each layer's ``attn_backend`` (``auto`` = SDPA). ``output_attentions=True``
 works with any implementation: the layers switch, for that call, to an eager backend that also
-records the probabilities (``ops.attention.attention_probabilities`` on the post-RoPE queries and
-the full, cached keys).
+records the probabilities (``ops.attention.eager_attention`` on the post-RoPE queries and the
+full, cached keys, through the model's attention normaliser: with a non-softmax normaliser the
+recorded rows are the weights on the real tokens and need not sum to 1).
+
+Beyond the forward, the ``transformers`` features that need our code to cooperate:
+
+- **Packed sequences / padding-free training**: ``position_ids`` that restart at 0 inside a row
+  (``DataCollatorWithFlattening``) without an ``attention_mask`` attend only within each
+  document (``gated_attention.model.positions_and_mask``), on every attention backend.
+- **Static cache and compiled decoding**: 4-D masks (``generate(cache_implementation="static")``
+  builds them) and ``transformers``' ``StaticCache`` work, and dense models trace with
+  ``torch.compile(fullgraph=True)`` (``_can_compile_fullgraph``; MoE layers dispatch tokens
+  with a data-dependent loop, so MoE models say False).
+- **Gradient checkpointing**: ``gradient_checkpointing_enable()`` sets the stack's
+  ``checkpointing`` (``DecoderStack.set_checkpointing``); the layers are ``transformers``'
+  ``GradientCheckpointingLayer``, which run their forward through the checkpoint function
+  inside their own call, so module hooks stay outside the recomputed region.
 """
 
 from __future__ import annotations
@@ -29,28 +44,34 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import DynamicCache
+from transformers.modeling_layers import (
+    GenericForSequenceClassification,
+    GradientCheckpointingLayer,
+)
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
-from transformers.utils import can_return_tuple
+from transformers.utils import can_return_tuple, logging
 from transformers.utils.deprecation import deprecate_kwarg
 
 from gated_attention.model import DecoderStack, GatedLM, RotaryEmbedding, init_module
-from gated_attention.ops.attention import (
-    attention_probabilities,
-    register_attention_backend,
-    weighted_values,
-)
+from gated_attention.nn.block import DecoderBlock
+from gated_attention.ops.attention import eager_attention, register_attention_backend
+from gated_attention.ops.normalizers import FORMS, Normalizer
 
 from .configuration import GatedAttentionConfig
 
 __all__ = [
     "RECORDING_BACKEND",
     "GatedAttentionCausalLMOutput",
+    "GatedAttentionDecoderLayer",
     "GatedAttentionForCausalLM",
+    "GatedAttentionForSequenceClassification",
     "GatedAttentionModel",
     "GatedAttentionModelOutput",
     "GatedAttentionPreTrainedModel",
 ]
+
+logger = logging.get_logger(__name__)
 
 # ---------------------------------------------------------------------- attention probabilities
 RECORDING_BACKEND = "eager_recording"
@@ -69,6 +90,7 @@ def _eager_recording(
     mask: torch.Tensor | None,
     causal: bool,
     scale: float,
+    normalizer: Normalizer | None = None,
 ) -> torch.Tensor:
     """Eager attention ``(B, T, H, D)`` that records the probabilities it attends with.
 
@@ -76,14 +98,14 @@ def _eager_recording(
     recomputation: gradients then reach the returned ``attentions`` (gradient-based attribution;
     ``transformers``' ``test_retain_grad_hidden_states_attentions``).
     """
-    probs = attention_probabilities(q, k, mask, causal, scale)
+    probs, out = eager_attention(q, k, v, mask, causal, scale, normalizer)
     recording = _RECORDING.get()
     if recording is not None:
         recording.append(probs)
-    return weighted_values(probs, v)
+    return out
 
 
-register_attention_backend(RECORDING_BACKEND, _eager_recording)
+register_attention_backend(RECORDING_BACKEND, _eager_recording, FORMS)
 
 
 @contextlib.contextmanager
@@ -134,18 +156,33 @@ class GatedAttentionCausalLMOutput(CausalLMOutputWithPast):
 
 
 # ---------------------------------------------------------------------- models
+class GatedAttentionDecoderLayer(GradientCheckpointingLayer, DecoderBlock):
+    """:class:`~gated_attention.nn.block.DecoderBlock` as ``transformers``'
+    ``GradientCheckpointingLayer``: while its ``gradient_checkpointing`` flag is set (by
+    :meth:`GatedAttentionModel.set_checkpointing`), training calls run the block's forward
+    through ``_gradient_checkpointing_func`` inside the layer's own call. Same parameters and
+    names as the block."""
+
+
 class GatedAttentionPreTrainedModel(PreTrainedModel):
     """Weight init, config class and ``transformers`` capability flags shared by the models."""
 
     config: GatedAttentionConfig
     config_class = GatedAttentionConfig
     base_model_prefix = "model"
-    _no_split_modules: ClassVar[list[str]] = ["DecoderBlock"]
+    _no_split_modules: ClassVar[list[str]] = ["GatedAttentionDecoderLayer", "DecoderBlock"]
     _supports_sdpa = True  # "sdpa" maps to our "auto" backend, "eager" to our "eager"
     _supports_flash_attn = False
     _supports_flex_attn = False
     _supports_attention_backend = False  # transformers' ALL_ATTENTION_FUNCTIONS is not used
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
+    _can_compile_fullgraph = True  # dense models; set False per instance for MoE (see __init__)
+
+    def __init__(self, config: GatedAttentionConfig, *inputs: Any, **kwargs: Any) -> None:
+        super().__init__(config, *inputs, **kwargs)
+        if config.moe is not None:
+            # The MoE dispatch loops over the experts hit (a host sync): it graph-breaks.
+            self._can_compile_fullgraph = False
 
     def _init_weights(self, module: nn.Module) -> None:
         """:func:`~gated_attention.model.init_module` (the rule of :meth:`GatedLM.init_weights`)
@@ -157,6 +194,26 @@ class GatedAttentionPreTrainedModel(PreTrainedModel):
             fresh = RotaryEmbedding(module.cfg).inv_freq
             init.copy_(module.inv_freq, fresh.to(module.inv_freq.device))
 
+    def _set_gradient_checkpointing(
+        self,
+        enable: bool = True,
+        gradient_checkpointing_func: Any = None,
+        every_n_layers: int = 1,
+    ) -> None:
+        """``gradient_checkpointing_enable`` / ``_disable``: the decoder stack's
+        ``checkpointing`` becomes ``full`` / ``none``, with ``transformers``' checkpoint function
+        (its ``use_reentrant`` and offload options)."""
+        if every_n_layers != 1:
+            raise ValueError(
+                f"every_n_layers={every_n_layers} is not supported: the decoder stack "
+                "checkpoints every block (checkpointing='full') or none."
+            )
+        stack = self.base_model
+        if enable:
+            stack.set_checkpointing("full", gradient_checkpointing_func)
+        else:
+            stack.set_checkpointing("none")
+
 
 class GatedAttentionModel(GatedAttentionPreTrainedModel, DecoderStack):
     """The decoder stack of :class:`GatedLM` (:class:`~gated_attention.model.DecoderStack`):
@@ -164,8 +221,27 @@ class GatedAttentionModel(GatedAttentionPreTrainedModel, DecoderStack):
 
     def __init__(self, config: GatedAttentionConfig) -> None:
         super().__init__(config)
-        self.build_stack(config.to_model_config())
+        self.build_stack(config.to_model_config(), GatedAttentionDecoderLayer)
         self.post_init()
+
+    def set_checkpointing(self, mode: str, checkpoint_fn: Any = None) -> None:
+        """:meth:`DecoderStack.set_checkpointing`, reflected in the layers'
+        ``gradient_checkpointing`` flags (the checkpointing runs inside each layer)."""
+        super().set_checkpointing(mode, checkpoint_fn)
+        for layer in self.layers:
+            layer.gradient_checkpointing = self.checkpointing == "full"
+            layer._gradient_checkpointing_func = self.checkpoint_fn
+
+    def checkpoint_block(
+        self,
+        layer: nn.Module,
+        h: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The layer checkpoints its own forward (``GatedAttentionDecoderLayer``)."""
+        return layer(h, cos, sin, mask, None)
 
     def _attention_backend(self, output_attentions: bool) -> str | None:
         if output_attentions:
@@ -186,32 +262,45 @@ class GatedAttentionModel(GatedAttentionPreTrainedModel, DecoderStack):
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
+        document_ids: torch.LongTensor | None = None,
         **kwargs: Any,
     ) -> GatedAttentionModelOutput:
         """Hidden states for ``input_ids`` ``(B, T)`` (or ``inputs_embeds`` ``(B, T, hidden)``).
 
         Args:
             attention_mask: ``(B, S)``, 1 for real tokens and 0 for padding, over cached + new
-                tokens (``S = past + T``). Only 2-D masks are accepted.
+                tokens (``S = past + T``); or a ready 4-D mask ``(B, 1, T, S)`` (boolean, or
+                ``transformers``' additive float form) as ``generate`` builds for static caches.
             position_ids: ``(B | 1, T)``; default as :meth:`GatedLM.forward` (padding-aware).
-            cache: a ``transformers`` ``Cache`` or our ``KVCache``; a ``DynamicCache`` is created
-                when ``use_cache`` and none is given.
+                Without an ``attention_mask`` and cached tokens, positions that restart at 0
+                inside a row mark packed documents: attention stays within each.
+            cache: a ``transformers`` ``Cache`` (dynamic or static) or our ``KVCache``; a
+                ``DynamicCache`` is created when ``use_cache`` and none is given (not while
+                training with gradient checkpointing, which cannot fill one).
             output_attentions: also return per-layer probabilities ``(B, H, T, S)``.
             output_hidden_states: also return ``L + 1`` hidden states: the embeddings, the output
                 of each block, the last replaced by the normed output (``transformers``'
                 ``tie_last_hidden_states`` convention; set the config flag to ``False`` to keep the
                 raw last block output).
+            document_ids: ``(B, T)`` document of each token of packed rows (as
+                :meth:`GatedLM.forward`); an alternative to restarting ``position_ids``.
         """
         kwargs.pop("cache_position", None)  # removed in transformers 5.x; positions suffice
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
-        if attention_mask is not None and attention_mask.dim() != 2:
+        if attention_mask is not None and attention_mask.dim() not in (2, 4):
             raise ValueError(
-                f"attention_mask must be 2-D (batch, seq) with 1 for real tokens, got shape "
-                f"{tuple(attention_mask.shape)}."
+                "attention_mask must be 2-D (batch, seq) with 1 for real tokens, or a ready 4-D "
+                f"mask (batch, 1, query, key); got shape {tuple(attention_mask.shape)}."
             )
         config = self.config
         use_cache = config.use_cache if use_cache is None else use_cache
+        checkpointing = self.checkpointing != "none" and self.training
+        if use_cache and checkpointing and torch.is_grad_enabled():
+            logger.warning_once(
+                "use_cache=True is incompatible with gradient checkpointing; using use_cache=False."
+            )
+            use_cache = False
         if output_attentions is None:
             output_attentions = config.output_attentions
         if output_hidden_states is None:
@@ -225,7 +314,9 @@ class GatedAttentionModel(GatedAttentionPreTrainedModel, DecoderStack):
             _layers_backend(self.layers, self._attention_backend(bool(output_attentions))),
             _recording(attentions),
         ):
-            h, aux_total = self.run_decoder(h, cache, attention_mask, position_ids, hidden)
+            h, aux_total = self.run_decoder(
+                h, cache, attention_mask, position_ids, hidden, document_ids
+            )
         if hidden is not None and getattr(config, "tie_last_hidden_states", None) is not False:
             hidden[-1] = h
         return GatedAttentionModelOutput(
@@ -239,7 +330,8 @@ class GatedAttentionModel(GatedAttentionPreTrainedModel, DecoderStack):
 
 class GatedAttentionForCausalLM(GatedAttentionPreTrainedModel, GenerationMixin):
     """:class:`GatedAttentionModel` plus the LM head. ``generate`` uses ``transformers``' caches
-    (``DynamicCache`` by default); our ``KVCache`` works in ``forward`` but not in ``generate``,
+    (``DynamicCache`` by default, ``StaticCache`` with ``cache_implementation="static"``, which
+    ``transformers`` can compile); our ``KVCache`` works in ``forward`` but not in ``generate``,
     which expects a ``transformers`` ``Cache``."""
 
     _tied_weights_keys: ClassVar[dict[str, str]] = {"lm_head.weight": "model.embed_tokens.weight"}
@@ -264,6 +356,7 @@ class GatedAttentionForCausalLM(GatedAttentionPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
+        document_ids: torch.LongTensor | None = None,
         **kwargs: Any,
     ) -> GatedAttentionCausalLMOutput:
         """Next-token logits ``(B, T, vocab)`` (or the positions ``logits_to_keep`` selects).
@@ -281,6 +374,7 @@ class GatedAttentionForCausalLM(GatedAttentionPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            document_ids=document_ids,
             return_dict=True,
             **kwargs,
         )
@@ -322,6 +416,14 @@ class GatedAttentionForCausalLM(GatedAttentionPreTrainedModel, GenerationMixin):
         lm.load_state_dict(hf_state_to_gated_lm(self.state_dict()))
         weight = self.model.embed_tokens.weight
         return lm.to(device=weight.device, dtype=weight.dtype)
+
+
+class GatedAttentionForSequenceClassification(
+    GenericForSequenceClassification, GatedAttentionPreTrainedModel
+):
+    """:class:`GatedAttentionModel` plus a linear ``score`` head on the last non-padding token
+    (``transformers``' generic decoder classifier, as Qwen3 uses it): logits ``(B, num_labels)``.
+    ``config.pad_token_id`` marks padding; ``labels`` give the classification loss."""
 
 
 def gated_lm_state_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

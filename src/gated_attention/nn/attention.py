@@ -15,6 +15,12 @@ Where each gate acts (paper section 3): G1 on the SDPA output per head, before `
 the values and G3 on the keys (both before caching, so the cache holds gated tensors); G4 on the
 queries; G3/G4 act after QK-norm (a norm would otherwise undo a headwise scale) and before RoPE;
 G5 on the ``o_proj`` output.
+
+The attention normaliser (``cfg.normalizer``, ``ops/normalizers.py``) is independent of the
+gate: its per-head parameters (e.g. the learnable sink logits ``sinks`` ``(H,)``) are
+parameters of this module, named by the kind, zero at init, and every call (full forward,
+cached or windowed decoding, the static cache) hands them to the attention op. A value-bias
+column is not gated by G2 (it is a parameter, not computed from the input).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from gated_attention.nn.hooks import HookPoint
 from gated_attention.nn.norm import RMSNorm
 from gated_attention.ops.attention import attention
 from gated_attention.ops.gating import apply_gate, silu_transform
+from gated_attention.ops.normalizers import Normalizer, build_normalizer
 from gated_attention.ops.rope import apply_rope
 
 
@@ -69,6 +76,10 @@ class GatedAttention(nn.Module):
             if gate.transform == "rmsnorm"
             else None
         )
+        # Normaliser parameters (none for softmax), zero-initialised like the gate logits.
+        self.normalizer_params = tuple(cfg.normalizer.parameter_shapes(cfg))
+        for name, shape in cfg.normalizer.parameter_shapes(cfg).items():
+            setattr(self, name, nn.Parameter(torch.zeros(shape)))
         for name in (
             "hook_q",
             "hook_k",
@@ -80,6 +91,16 @@ class GatedAttention(nn.Module):
             "hook_attn_out",
         ):
             setattr(self, name, HookPoint())
+
+    def normalizer(self) -> Normalizer | None:
+        """The attention normaliser with this layer's parameters (``None`` for softmax)."""
+        return build_normalizer(self.cfg, {n: getattr(self, n) for n in self.normalizer_params})
+
+    def zero_init_parameters(self) -> list[nn.Parameter]:
+        """Own parameters that start at zero: input-independent gate logits, normaliser
+        parameters (``model.init_module``)."""
+        params = [getattr(self, n) for n in self.normalizer_params]
+        return params if self.gate_logits is None else [self.gate_logits, *params]
 
     def _gate_logits(self, g: torch.Tensor, batch: int, seq: int) -> torch.Tensor:
         """Gate logits shaped to broadcast against the gated tensor."""
@@ -132,7 +153,8 @@ class GatedAttention(nn.Module):
             # Cache layout (B, K, S, D), as transformers' caches use.
             k_all, v_all = cache.update(k.transpose(1, 2), v.transpose(1, 2), self.layer_idx)
             k, v = k_all.transpose(1, 2), v_all.transpose(1, 2)
-        z = self.hook_z(attention(q, k, v, mask, True, self.scaling, self.attn_backend))
+        z = attention(q, k, v, mask, True, self.scaling, self.attn_backend, self.normalizer())
+        z = self.hook_z(z)
         z = self.hook_z_gated(self._gate(z, g, "sdpa"))
         out = self.o_proj(z.reshape(B, T, self.num_heads * self.head_dim))
         return self.hook_attn_out(self._gate(out, g, "dense"))

@@ -1,5 +1,6 @@
 """Fine-grained mixture-of-experts FFN: softmax top-k routing (Qwen3-MoE), an optional shared
-expert, and the load-balancing and router z-losses returned beside the output."""
+expert (optionally sigmoid-gated per token, as Qwen3-Next), and the load-balancing and router
+z-losses returned beside the output."""
 
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ class Routing:
 
 
 class MoEFeedForward(nn.Module):
-    """``(B, T, hidden) -> ((B, T, hidden), aux_loss)``. Names follow Qwen3-MoE (``gate`` is
-    the router, ``experts.{i}`` SwiGLU experts, ``shared_expert``)."""
+    """``(B, T, hidden) -> ((B, T, hidden), aux_loss)``. Names follow Qwen3-MoE and Qwen3-Next
+    (``gate`` is the router, ``experts.{i}`` SwiGLU experts, ``shared_expert`` and its
+    ``shared_expert_gate``)."""
 
     def __init__(self, hidden_size: int, cfg: MoEConfig) -> None:
         super().__init__()
@@ -39,6 +41,9 @@ class MoEFeedForward(nn.Module):
             SwiGLU(hidden_size, cfg.shared_expert_intermediate_size)
             if cfg.shared_expert_intermediate_size
             else None
+        )
+        self.shared_expert_gate = (
+            nn.Linear(hidden_size, 1, bias=False) if cfg.shared_expert_gate else None
         )
 
     def route(self, x: torch.Tensor) -> Routing:
@@ -84,5 +89,8 @@ class MoEFeedForward(nn.Module):
             tokens = token_idx[sel]
             out.index_add_(0, tokens, self.experts[e](flat[tokens]) * weight[sel])
         if self.shared_expert is not None:
-            out = out + self.shared_expert(flat)
+            shared = self.shared_expert(flat)
+            if self.shared_expert_gate is not None:
+                shared = torch.sigmoid(self.shared_expert_gate(flat)) * shared
+            out = out + shared
         return out.reshape(shape), self.aux_loss(routing)

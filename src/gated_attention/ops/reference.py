@@ -3,11 +3,17 @@
 Written from the paper's equations, head by head, sharing no code with the fast path except
 the configs. ``attention_layer_weights`` unpacks a :class:`~gated_attention.nn.GatedAttention`
 module's parameters into separate matrices by the documented ``qkv_proj`` layout.
+
+Attention normalisers (``docs/normalizers.md``): :data:`REFERENCE_NORMALIZERS` holds one naive
+function per kind, written from its paper's formula, used by :func:`reference_attention` (the
+op) and :func:`reference_attention_layer` (the layer).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 
@@ -47,7 +53,110 @@ def attention_layer_weights(module: torch.nn.Module) -> dict[str, torch.Tensor |
         "gate_logits": module.gate_logits.detach().double()
         if module.gate_logits is not None
         else None,
+        **{name: getattr(module, name).detach().double() for name in module.normalizer_params},
     }
+
+
+# ---------------------------------------------------------------------- normalisers
+NormalizerRef = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
+"""``fn(logits (T, S), allowed (T, S), q (T, D), h, j, scale, params, options)`` for query head
+``h`` reading KV head ``j``: ``(weights on the real keys (T, S), extra output (T, D) or None)``.
+``logits`` are unmasked; ``params`` the layer's normaliser parameters, ``options`` resolved."""
+
+
+def _softmax_ref(logits, allowed, q, h, j, scale, params, options):
+    return torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1), None
+
+
+def _sink_ref(logits, allowed, q, h, j, scale, params, options):
+    # gpt-oss: softmax over [logits, s_h], the sink column dropped.
+    sink = params["sinks"][h].reshape(1, 1).expand(logits.shape[0], 1)
+    probs = torch.softmax(torch.cat((logits.masked_fill(~allowed, float("-inf")), sink), 1), 1)
+    return probs[:, :-1], None
+
+
+def _softmax1_ref(logits, allowed, q, h, j, scale, params, options):
+    # Miller 2023: exp(x_i) / (1 + sum_j exp(x_j)).
+    e = torch.where(allowed, torch.exp(logits), 0.0)
+    return e / (1 + e.sum(-1, keepdim=True)), None
+
+
+def _kv_bias_ref(logits, allowed, q, h, j, scale, params, options):
+    # Sun et al. 2024: softmax over [q K^T, q k'] * scale, values [V; v'].
+    bias_logit = (q @ params["bias_key"][j]) * scale  # (T,)
+    e = torch.where(allowed, torch.exp(logits), 0.0)
+    e_bias = torch.exp(bias_logit)[:, None]
+    den = e.sum(-1, keepdim=True) + e_bias
+    return e / den, (e_bias / den) * params["bias_value"][j][None, :]
+
+
+def _sigmoid_ref(logits, allowed, q, h, j, scale, params, options):
+    # Ramapuram et al. 2024: sigmoid(x - log n).
+    x = logits.masked_fill(~allowed, 0.0) - math.log(options["length"])
+    return torch.where(allowed, 1 / (1 + torch.exp(-x)), 0.0), None
+
+
+def _softpick_ref(logits, allowed, q, h, j, scale, params, options):
+    # Zuhri et al. 2025: relu(e^x - 1) / (sum |e^x - 1| + eps e^m), m = max(0, max x).
+    x = logits.masked_fill(~allowed, 0.0)
+    m = x.masked_fill(~allowed, float("-inf")).max(-1, keepdim=True).values.clamp(min=0)
+    e = torch.where(allowed, torch.exp(x) - 1, 0.0)
+    den = e.abs().sum(-1, keepdim=True) + options["eps"] * torch.exp(m)
+    return torch.relu(e) / den, None
+
+
+REFERENCE_NORMALIZERS: dict[str, NormalizerRef] = {
+    "softmax": _softmax_ref,
+    "sink": _sink_ref,
+    "softmax1": _softmax1_ref,
+    "kv-bias": _kv_bias_ref,
+    "sigmoid": _sigmoid_ref,
+    "softpick": _softpick_ref,
+}
+
+
+def reference_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    scale: float | None = None,
+    kind: str = "softmax",
+    params: Mapping[str, torch.Tensor] | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> torch.Tensor:
+    """Causal grouped-query attention in float64, one head of one row at a time.
+
+    Args:
+        q: ``(B, T, H, D)``; k, v: ``(B, S, K, D)``.
+        mask: boolean ``(B | 1, 1, T, S)`` (True = may attend), else bottom-right causal.
+        scale: logit scale, default ``1 / sqrt(D)``.
+        kind, params, options: the normaliser (:data:`REFERENCE_NORMALIZERS`), its parameters
+            and its resolved options.
+
+    Returns:
+        ``(B, T, H, D)`` float64.
+    """
+    q, k, v = q.double(), k.double(), v.double()
+    B, T, H, D = q.shape
+    S, K = k.shape[1], k.shape[2]
+    scale = 1 / math.sqrt(D) if scale is None else scale
+    params = {n: p.double() for n, p in (params or {}).items()}
+    fn = REFERENCE_NORMALIZERS[kind]
+    rows = []
+    for b in range(B):
+        allowed = torch.ones(T, S, dtype=torch.bool).tril(S - T)
+        if mask is not None:
+            allowed = mask[b if mask.shape[0] > 1 else 0, 0]
+        heads = []
+        for h in range(H):
+            j = h // (H // K)
+            logits = q[b, :, h] @ k[b, :, j].T * scale
+            weights, extra = fn(logits, allowed, q[b, :, h], h, j, scale, params, options or {})
+            out = weights @ v[b, :, j]
+            heads.append(out if extra is None else out + extra)
+        rows.append(torch.stack(heads, dim=1))
+    return torch.stack(rows)
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -89,7 +198,8 @@ def reference_attention_layer(
     Args:
         x: normed block input ``(B, T, hidden)``, positions ``0..T-1``.
         weights: from :func:`attention_layer_weights`.
-        cfg: the model config (the gate config decides the variant).
+        cfg: the model config (the gate config decides the variant, the normaliser config
+            the attention normaliser).
 
     Returns:
         ``(B, T, hidden)``.
@@ -100,6 +210,10 @@ def reference_attention_layer(
     group = H // K
     gate = cfg.gate
     zc_qk = cfg.qk_norm == "zero_centered"
+    normalizer = REFERENCE_NORMALIZERS[cfg.normalizer.kind]
+    opts = dict(cfg.normalizer.options)
+    if cfg.normalizer.kind == "sigmoid" and opts["length"] is None:
+        opts["length"] = cfg.max_position_embeddings
     positions = torch.arange(T)
     out = torch.zeros(B, T, cfg.hidden_size, dtype=torch.float64)
     for b in range(B):
@@ -135,9 +249,10 @@ def reference_attention_layer(
         for h in range(H):
             j = h // group
             scores = (q[:, h] @ k[:, j].T) / math.sqrt(D)
-            scores = scores.masked_fill(~causal, float("-inf"))
-            probs = torch.softmax(scores, dim=-1)
-            z[:, h] = probs @ v[:, j]
+            probs, extra = normalizer(
+                scores, causal, q[:, h], h, j, 1 / math.sqrt(D), weights, opts
+            )
+            z[:, h] = probs @ v[:, j] + (0 if extra is None else extra)
         if gate.position == "sdpa":
             if gate.transform == "rmsnorm":
                 z = _rms(z, weights["out_norm"], cfg.rms_norm_eps, cfg.norm_type == "zero_centered")

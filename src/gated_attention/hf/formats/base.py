@@ -12,7 +12,8 @@ import torch
 from transformers import PreTrainedConfig
 
 from gated_attention.config import GateConfig, ModelConfig
-from gated_attention.ops.rope import ROPE_TYPES
+
+from ..configuration import rope_fields
 
 TOKEN_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 SHARED_FIELDS = (
@@ -42,18 +43,12 @@ def require(condition: bool, message: str) -> None:
 
 def rope_from_hf(params: dict[str, Any] | None, where: str) -> dict[str, Any]:
     """Our ``rope_theta``, ``partial_rotary_factor`` and ``rope_scaling`` from a ``transformers``
-    5.x ``rope_parameters`` dict."""
-    params = dict(params or {})
-    theta = float(params.pop("rope_theta", 10000.0))
-    partial = float(params.pop("partial_rotary_factor", 1.0))
-    rope_type = params.get("rope_type", params.get("type", "default"))
-    if rope_type != "default" and (rope_type not in ROPE_TYPES or rope_type == "ntk"):
-        raise ConversionError(
-            f"{where}.rope_type={rope_type!r} is not supported; supported: default, linear, "
-            "dynamic, yarn."
-        )
-    scaling = None if rope_type == "default" else params
-    return {"rope_theta": theta, "partial_rotary_factor": partial, "rope_scaling": scaling}
+    5.x ``rope_parameters`` dict (:func:`~gated_attention.hf.configuration.rope_fields`
+    without our ``ntk`` type, which ``transformers`` lacks)."""
+    try:
+        return rope_fields(params, where, types=("linear", "dynamic", "yarn"))
+    except ValueError as err:
+        raise ConversionError(str(err)) from None
 
 
 def common_fields(cfg: ModelConfig) -> dict[str, Any]:
@@ -146,10 +141,17 @@ class CheckpointFormat(ABC):
             f"{', '.join(self.qk_norms)}.",
         )
         self.check_bias(cfg)
+        self.check_moe(cfg)
         require(
             self.partial_rope or cfg.partial_rotary_factor == 1.0,
             f"partial_rotary_factor={cfg.partial_rotary_factor} cannot be exported to "
             f"{self.title} (full RoPE only){self.partial_hint}.",
+        )
+
+    def check_moe(self, cfg: ModelConfig) -> None:
+        """Raise unless it holds ``cfg``'s FFN (default: dense models only)."""
+        require(
+            cfg.moe is None, f"moe={cfg.moe} cannot be exported to {self.name}: only dense models."
         )
 
     def split_q(self, cfg: ModelConfig, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,9 +1,12 @@
 """``qwen3-next``: ``transformers`` ``Qwen3NextForCausalLM`` restricted to what our model expresses.
 
-Every ``layer_types`` entry ``full_attention`` (no Gated DeltaNet layers) and a dense MLP in every
-layer (``num_experts=0``, or every layer in ``mlp_only_layers`` / off the ``decoder_sparse_step``
-grid). ``q_proj`` is per head ``[q_h | gate_h]`` (elementwise G1 gate), zero-centred RMSNorm
-``x_hat * (1 + w)`` for QK-norm and block norms, partial NeoX RoPE.
+Every ``layer_types`` entry ``full_attention`` (no Gated DeltaNet layers), and the same FFN in
+every layer: a dense MLP (``num_experts=0``, or every layer in ``mlp_only_layers`` / off the
+``decoder_sparse_step`` grid) or a sparse MoE block in every layer. Its sparse block is ours with
+a shared expert whose output is scaled per token by ``sigmoid(x w)`` (``shared_expert_gate``):
+``MoEConfig(shared_expert_intermediate_size=..., shared_expert_gate=True)``; softmax top-k
+routing with ``norm_topk_prob``. ``q_proj`` is per head ``[q_h | gate_h]`` (elementwise G1
+gate), zero-centred RMSNorm ``x_hat * (1 + w)`` for QK-norm and block norms, partial NeoX RoPE.
 """
 
 from __future__ import annotations
@@ -13,11 +16,11 @@ from typing import Any
 import torch
 from transformers import PreTrainedConfig, Qwen3NextConfig
 
-from gated_attention.config import GateConfig, ModelConfig
+from gated_attention.config import GateConfig, ModelConfig, MoEConfig
 
 from ..layouts import merge_qwen3_next_q_proj, split_qwen3_next_q_proj
 from .base import gate_is_output_sigmoid, require
-from .qwen3 import Qwen3Format
+from .qwen3 import Qwen3Format, moe_export_fields, routed_moe
 
 
 class Qwen3NextFormat(Qwen3Format):
@@ -33,24 +36,41 @@ class Qwen3NextFormat(Qwen3Format):
     imported_gate = GateConfig(position="sdpa", granularity="elementwise", fp32=False)
     layer_types_note = " (Gated DeltaNet layers have no equivalent here)"
 
-    def check_layers(self, c: PreTrainedConfig) -> None:
-        for i in range(c.num_hidden_layers):
-            on_grid = c.num_experts > 0 and (i + 1) % c.decoder_sparse_step == 0
-            require(
-                not on_grid or i in c.mlp_only_layers,
-                f"qwen3-next config num_experts={c.num_experts} makes layer {i} a sparse MoE "
-                "block (its sigmoid-gated shared expert differs from ours); only dense MLPs are "
-                "supported: num_experts=0, or every layer in mlp_only_layers.",
-            )
+    def sparse_moe(self, c: PreTrainedConfig) -> MoEConfig:
+        require(
+            c.shared_expert_intermediate_size > 0,
+            "qwen3-next config shared_expert_intermediate_size=0: a zero-width gated shared "
+            "expert has no equivalent here; its sparse blocks need a shared expert.",
+        )
+        return routed_moe(
+            c,
+            shared_expert_intermediate_size=c.shared_expert_intermediate_size,
+            shared_expert_gate=True,
+        )
+
+    def check_moe(self, cfg: ModelConfig) -> None:
+        moe = cfg.moe
+        require(
+            moe is None or moe.shared_expert_gate,
+            f"moe={moe} cannot be exported to qwen3-next, whose sparse blocks always have a "
+            "sigmoid-gated shared expert: set shared_expert_intermediate_size > 0 and "
+            "shared_expert_gate=True (or export to qwen3-moe).",
+        )
 
     def export_fields(self, cfg: ModelConfig) -> dict[str, Any]:
         partial = cfg.partial_rotary_factor
+        moe = cfg.moe
+        ffn: dict[str, Any] = {"num_experts": 0, "mlp_only_layers": []}  # dense MLP everywhere
+        if moe is not None:
+            ffn = {
+                **moe_export_fields(moe),
+                "shared_expert_intermediate_size": moe.shared_expert_intermediate_size,
+            }
         return {
             "rope_parameters": {**self.rope_parameters(cfg), "partial_rotary_factor": partial},
             "partial_rotary_factor": partial,
             "layer_types": ["full_attention"] * cfg.num_hidden_layers,
-            "num_experts": 0,  # dense SwiGLU MLP in every layer
-            "mlp_only_layers": [],
+            **ffn,
         }
 
     def holds_gate(self, gate: GateConfig) -> bool:

@@ -1,6 +1,6 @@
 """``gated-attention convert``: import a foreign checkpoint (``--from FORMAT``) into our
 ``transformers`` format, or export one of ours (``--to FORMAT``). Formats: ``paper`` (the paper's
-released models), ``qwen3``, ``qwen3-next``; see ``gated_attention.hf.convert``.
+released models), ``qwen3``, ``qwen3-moe``, ``qwen3-next``; see ``gated_attention.hf.convert``.
 
 Examples::
 
@@ -13,7 +13,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-FORMATS = ("paper", "qwen3", "qwen3-next")  # kept in sync with convert.FORMATS by a test
+FORMATS = (
+    "paper",
+    "qwen3",
+    "qwen3-moe",
+    "qwen3-next",
+)  # kept in sync with convert.FORMATS by a test
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
