@@ -20,6 +20,7 @@ from gated_attention.data import (
     prepare_shards,
 )
 from gated_attention.data.mixture import _MIX_STREAM
+from gated_attention.ops.attention import separated_document_ids
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +74,8 @@ def test_document_ids_follow_end_of_document_tokens(same_stream, bos) -> None:
         for i in range(first + 1, len(row)):  # a new document after every EOD input token
             expected[i] = expected[i - 1] + (row[i - 1] == eod)
         assert doc == expected
+    # the model-side rule for packed rows agrees (the text never encodes to the EOD id here)
+    assert torch.equal(ids, separated_document_ids(x, eod))
     assert ids.max() > 0  # windows do cross documents
 
 

@@ -207,7 +207,12 @@ class PackedTokenDataset:
         Returns ``(len(indices), T)`` int64: 0 for the window's first document, +1 after every
         end-of-document token (the token after it starts a new document). A BOS at position 0
         counts as part of the first document. Two positions may attend to each other under
-        document masking iff their ids are equal.
+        document masking iff their ids are equal (pass them as the model's ``document_ids``).
+
+        Shard sets read the stored document ends, so a document whose text contains the
+        end-of-document token's string still counts as one document;
+        :func:`gated_attention.ops.attention.separated_document_ids` of the input ids gives
+        the same result whenever no text encodes to that token.
         """
         indices = np.asarray(indices, dtype=np.int64)
         out = np.zeros((len(indices), self.seq_len), dtype=np.int64)
