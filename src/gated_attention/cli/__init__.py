@@ -14,7 +14,7 @@ import sys
 
 # (name, module, one-line help)
 COMMANDS: list[tuple[str, str, str]] = [
-    ("data", "gated_attention.cli.data", "prepare the default corpus and tokenizer"),
+    ("data", "gated_attention.cli.data", "prepare the default corpus or your own (shards)"),
     ("train", "gated_attention.cli.train", "train a model from a TOML config"),
     ("analyze", "gated_attention.cli.analyze", "measure sinks, activations and gates"),
     ("reproduce", "gated_attention.cli.reproduce", "run a study and write its report"),

@@ -416,6 +416,7 @@ def run_study(
     ``analyze(run_dir, task_name, run_config) -> dict`` computes the per-run metrics (the report
     module supplies it). Each record is written to ``<run>/record.json`` as soon as it is done.
     """
+    from gated_attention.data.errors import EpochLimitError
     from gated_attention.experiments.reporting import write_json
     from gated_attention.train import RunConfig, TrainingDiverged, train
 
@@ -462,6 +463,8 @@ def run_study(
                 analysis,
                 seconds=time.perf_counter() - start,
             )
+        except EpochLimitError:  # every arm of the task would stop the same way
+            raise
         except Exception as err:  # one failing arm must not lose the others
             log.error("%s / %s / seed %d failed: %s", task, arm.name, seed, err)
             rec = RunRecord(
