@@ -105,7 +105,7 @@ def test_gate_accepts_config_dict_and_name():
     assert a == b == c
 
 
-# PAPER.md section 2: parameters each gate adds to the 15A2B MoE model.
+# docs/paper.md section 2: parameters each gate adds to the 15A2B MoE model.
 PAPER_ADDED_PARAMS = {
     "sdpa-elementwise": 201_326_592,
     "query-elementwise": 201_326_592,
@@ -117,6 +117,7 @@ PAPER_ADDED_PARAMS = {
 }
 
 
+@pytest.mark.slow
 def test_added_parameters_match_the_paper_table():
     def total(gate: str) -> int:
         cfg = ModelConfig.from_preset("paper-15a2b-moe", gate=gate)

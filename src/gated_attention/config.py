@@ -437,11 +437,6 @@ class ModelConfig(_DictConfig):
 
     # ----------------------------------------------------------------- derived sizes
     @property
-    def num_key_value_groups(self) -> int:
-        """Query heads per KV head (``g`` in PAPER.md section 5)."""
-        return self.num_attention_heads // self.num_key_value_heads
-
-    @property
     def rotary_dim(self) -> int:
         return int(self.head_dim * self.partial_rotary_factor)
 

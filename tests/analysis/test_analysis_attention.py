@@ -64,7 +64,7 @@ def make_qk(B: int, T: int, S: int, H: int, K: int, D: int, seed: int = 0):
 CASES = [
     # (T, S, H, K): GQA with odd sizes, S > T (a cached prefix), MHA, groups of three.
     (7, 7, 4, 2),
-    (63, 63, 4, 2),
+    pytest.param(63, 63, 4, 2, marks=pytest.mark.slow),  # seconds: the reference loops
     (7, 12, 4, 2),
     (5, 9, 6, 3),
     (6, 6, 2, 2),

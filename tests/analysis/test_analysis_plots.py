@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from gated_attention.analysis import (
@@ -41,6 +42,7 @@ def assert_png(path: Path) -> None:
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_all_plots_write_pngs(tmp_path: Path) -> None:
     base, q, k, gates = synthetic(0, 0.9)
     gated, *_ = synthetic(1, 0.3)

@@ -52,7 +52,7 @@ WORDS = [
 
 
 def write_corpus(path: Path, docs: int = 300, seed: int = 0) -> Path:
-    """A deterministic toy English corpus (one file, blank lines between documents)."""
+    """A deterministic toy English corpus (one file, two blank lines between documents)."""
     rng = random.Random(seed)
     out = []
     for _ in range(docs):
@@ -61,7 +61,7 @@ def write_corpus(path: Path, docs: int = 300, seed: int = 0) -> Path:
             for _ in range(rng.randint(3, 8))
         ]
         out.append(" ".join(sentences))
-    path.write_text("\n\n".join(out))
+    path.write_text("\n\n\n".join(out))
     return path
 
 

@@ -1,4 +1,5 @@
-"""The long-context study end to end at smoke scale (offline: a local text corpus)."""
+"""The long-context study end to end at smoke scale through the study runner (offline: a local
+text corpus)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ import time
 import pytest
 
 from gated_attention.cli import main
-from gated_attention.evals import SCALING_MODES, train_and_evaluate_long_context
+from gated_attention.evals import SCALING_MODES
+from gated_attention.experiments import long_context
+from gated_attention.experiments.study import deep_merge, find_study, load_study, run_study
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -19,11 +24,16 @@ def study(tmp_path_factory, corpus_file):
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("long-context")
     data = {"kind": "files", "path": str(corpus_file), "cache_dir": str(out / "cache")}
+    spec = load_study(find_study("long-context"))
+    spec.tasks["lm"] = deep_merge(spec.tasks["lm"], {"data": data})
     start = time.perf_counter()
     try:
-        results = train_and_evaluate_long_context("smoke", out, data=data)
+        records = run_study(spec, "smoke", out, analyze=long_context.analyze, progress=False)
+        long_context.write_report(spec, "smoke", records, out / "study", {"wall_time_s": 0.0})
     finally:
         torch.set_num_threads(threads)
+    results = json.loads((out / "study" / "results.json").read_text())
+    results["training"] = {r.arm: r.result for r in records}
     return out, results, time.perf_counter() - start
 
 
@@ -56,7 +66,7 @@ def test_smoke_study_runs_and_reports(study):
 
 def test_cli_eval_kinds(study, tmp_path):
     out, _, _ = study
-    run = str(out / "gated")
+    run = str(out / "lm" / "gated" / "seed0")
     common = ["--multipliers", "1", "2", "--max-tokens", "256"]
     assert (
         main(
@@ -98,7 +108,7 @@ def test_cli_eval_kinds(study, tmp_path):
     pk = json.loads((tmp_path / "pk.json").read_text())
     assert set(pk["results"]["none"]["result"]["accuracy"]) == {"32", "64"}
     assert main(["eval", run, "--kind", "streaming", "--window", "8", *common]) == 0
-    assert (out / "gated" / "evals" / "streaming-none.json").is_file()
+    assert (out / "lm" / "gated" / "seed0" / "evals" / "streaming-none.json").is_file()
     assert main(["eval", run, "--kind", "ppl", "--scaling", "sideways"]) == 2
     assert (
         main(
@@ -124,7 +134,7 @@ def test_cli_eval_kinds(study, tmp_path):
 
 
 def test_arms_must_share_their_data(tmp_path):
-    from gated_attention.evals import run_long_context_study
+    from gated_attention.experiments.long_context import run_long_context_study
 
     for name, kind in (("a", "backcopy"), ("b", "files")):
         (tmp_path / name).mkdir()
@@ -135,7 +145,7 @@ def test_arms_must_share_their_data(tmp_path):
 
 
 def test_verdict_follows_the_numbers():
-    from gated_attention.evals.report import verdict
+    from gated_attention.experiments.long_context import verdict
 
     def arm(ppl_1x, ppl_8x):
         return {"scalings": {"yarn": {"ppl": {"32": ppl_1x, "256": ppl_8x}}}}

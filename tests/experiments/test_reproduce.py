@@ -19,6 +19,7 @@ def smoke_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_smoke_report_is_complete(smoke_dir):
     report = (smoke_dir / "report.md").read_text()
     for needle in (
@@ -56,6 +57,7 @@ def test_smoke_report_is_complete(smoke_dir):
     assert results["verdicts"]
 
 
+@pytest.mark.slow
 def test_resume_skips_finished_runs_and_keeps_failures_apart(smoke_dir, tmp_path):
     # resume: every run is finished, so nothing retrains (fast) and the report is rewritten
     (smoke_dir / "report.md").unlink()
@@ -104,6 +106,7 @@ def test_study_validation_errors():
         study_from_dict(base)
 
 
+@pytest.mark.slow
 def test_analyze_command_on_our_run(smoke_dir, tmp_path, capsys):
     run = smoke_dir / "backcopy" / "gated-headwise" / "seed0"
     assert main(["analyze", str(run), "--out", str(tmp_path / "a")]) == 0
@@ -162,6 +165,7 @@ def test_analyze_command_on_a_local_hf_model(tmp_path):
     assert abs(data["first_token_mass"]["floor"] - sum(1 / t for t in range(1, 33)) / 32) < 1e-9
 
 
+@pytest.mark.slow
 def test_long_context_study_runs_at_smoke_scale(tmp_path):
     out = tmp_path / "lc"
     assert (

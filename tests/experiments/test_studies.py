@@ -14,8 +14,9 @@ import torch
 from gated_attention import GateConfig
 from gated_attention.cli import main
 from gated_attention.experiments.stability import Sweep, unrecovered_spikes
+from gated_attention.experiments.stats import compare
 from gated_attention.experiments.study import Arm, load_study, study_from_dict
-from gated_attention.experiments.variants import ORDERINGS, compare, judge, parameter_table
+from gated_attention.experiments.variants import ORDERINGS, judge, parameter_table
 
 ROOT = Path(__file__).resolve().parents[2]
 VARIANTS = ROOT / "configs" / "studies" / "variants.toml"
@@ -52,6 +53,7 @@ def stability_dir(tmp_path_factory, one_thread) -> Path:
 
 
 # ----------------------------------------------------------------------------- variants study
+@pytest.mark.slow
 def test_variants_smoke_report_is_complete(variants_dir):
     report = (variants_dir / "report.md").read_text()
     for needle in (
@@ -167,6 +169,7 @@ def test_orderings_are_judged_against_the_seed_spread():
 
 
 # ----------------------------------------------------------------------------- stability study
+@pytest.mark.slow
 def test_stability_smoke_records_divergence_and_reports(stability_dir):
     results = json.loads((stability_dir / "results.json").read_text())
     status = {r["arm"]: r["status"] for r in results["runs"]}
@@ -202,6 +205,7 @@ def test_stability_smoke_records_divergence_and_reports(stability_dir):
         assert path.stat().st_size > 5000 and f"plots/{png}.png" in report
 
 
+@pytest.mark.slow
 def test_stability_resume_keeps_finished_and_diverged_runs(stability_dir):
     records = sorted(stability_dir.glob("lm/*/seed0/record.json"))
     assert len(records) == 4
@@ -336,3 +340,13 @@ def test_study_parameter_matching_keys():
 def test_study_format_validation(changes, message):
     with pytest.raises(ValueError, match=message):
         _study(**changes)
+
+
+def test_metric_names_are_checked():
+    from gated_attention.experiments.metrics import Column
+    from gated_attention.experiments.stats import mean_of
+
+    with pytest.raises(ValueError, match="Did you mean 'val_loss'"):
+        Column("val_los", "val loss")
+    with pytest.raises(ValueError, match="unknown metric 'f_atn'"):
+        mean_of({}, "lm", "baseline", "f_atn")

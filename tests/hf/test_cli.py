@@ -7,7 +7,8 @@ import torch
 from transformers import AutoModelForCausalLM, Qwen3ForCausalLM
 
 from gated_attention.cli import build_parser, main
-from gated_attention.hf import commands, convert
+from gated_attention.cli import convert as commands
+from gated_attention.hf import convert
 from tests.hf.helpers import VOCAB, perturb, qwen3_config
 
 

@@ -119,7 +119,7 @@ H, K, D, HIDDEN, INTER, LAYERS = 4, 2, 8, 32, 48, 2  # g = 2
 
 def _paper_checkpoint(directory, granularity: str, qkv_bias: bool, tie: bool) -> dict:
     """Write a paper-layout checkpoint whose q_proj rows are placed by the index formula
-    (PAPER.md section 5): group j = h // g holds its g query heads, then their gates."""
+    (docs/paper.md section 5): group j = h // g holds its g query heads, then their gates."""
     g, dg = H // K, (D if granularity == "elementwise" else 1)
     per_group = g * D + g * dg
     state = {"model.embed_tokens.weight": torch.randn(VOCAB, HIDDEN) * 0.3}

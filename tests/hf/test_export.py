@@ -14,13 +14,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3NextForCausalLM
 
 from gated_attention import GatedLM
+from gated_attention.cli import export as export_command
 from gated_attention.cli import main
 from gated_attention.data.tokenizer import load_tokenizer, train_tokenizer
 from gated_attention.hf import GatedAttentionForCausalLM
 from gated_attention.hf.convert import ConversionError
 from gated_attention.hf.export import EXPORT_FORMATS, export_model
 from gated_attention.train import checkpoint as ckpt
-from gated_attention.train import export_command
 from tests.conftest import small_cfg
 from tests.hf.helpers import perturb
 

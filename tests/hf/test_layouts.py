@@ -91,7 +91,7 @@ def test_ours_formula_matches_the_attention_module_split():
 
 
 def test_layouts_coincide_only_when_g_is_1():
-    # PAPER.md section 5: paper (elementwise) and Qwen3-Next agree exactly when H == K.
+    # docs/paper.md section 5: paper (elementwise) and Qwen3-Next agree exactly when H == K.
     w = torch.randn(K * 2 * D, HIDDEN)
     assert all(
         torch.equal(a, b)

@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from gated_attention import GatedLM
+from gated_attention.cli.lm_eval import TASKS_DIR
 from gated_attention.data import load_tokenizer, train_tokenizer
 from gated_attention.hf import GatedAttentionConfig, GatedAttentionForCausalLM
-from gated_attention.hf.lm_eval_command import TASKS_DIR
 
 pytest.importorskip("lm_eval", reason="lm-eval is a dev extra: pip install -e '.[dev]'")
 

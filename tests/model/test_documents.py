@@ -96,6 +96,7 @@ def test_packed_rows_equal_each_document_alone_on_every_backend(backend):
     torch.testing.assert_close(got, want, rtol=0, atol=TOL)
 
 
+@pytest.mark.slow
 def test_packed_moe_and_loss_and_gradients_equal_each_document_alone():
     moe = MoEConfig(num_experts=4, top_k=2, expert_intermediate_size=8)
     model = _model(gate="sdpa-headwise", moe=moe)

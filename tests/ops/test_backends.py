@@ -162,6 +162,7 @@ def test_model_backends_agree_under_autocast(gate):
         assert rel_err(out, ref) < 3e-2, backend
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["auto", "sdpa_fp32", "matmul"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_decoder_block_compiles_without_graph_breaks(backend, dtype):

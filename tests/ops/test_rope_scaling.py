@@ -1,4 +1,4 @@
-"""RoPE scaling against transformers' own rope functions (PAPER.md section 7)."""
+"""RoPE scaling against transformers' own rope functions (docs/paper.md section 7)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
 """``train --dry-run`` and ``reproduce --dry-run``: every code path of the GPU configs and the
-``gpu`` preset runs on the CPU at reduced size (all of it in well under 2 minutes)."""
+``gpu`` preset runs on the CPU at reduced size (all of it in well under 2 minutes), reading a
+shard set made by ``gated-attention data prepare`` as the GPU runs read theirs
+(``$GATED_ATTENTION_CORPUS``)."""
 
 from __future__ import annotations
 
@@ -11,12 +13,36 @@ from pathlib import Path
 
 import pytest
 
+from gated_attention.data import generate_documents
 from gated_attention.train import load_run_config
 from gated_attention.train.dryrun import DRY_STEPS, dry_run, dry_run_config, shrink_model
-from tests.train.conftest import cli_env
+from tests.train.conftest import cli_env, run_cli
 
 ROOT = Path(__file__).parents[2]
 GPU_CONFIGS = sorted((ROOT / "configs").glob("gpu-*.toml"))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """A small shard set (generated documents, our BPE), as ``data prepare`` writes one."""
+    tmp = tmp_path_factory.mktemp("corpus")
+    lines = [json.dumps({"text": doc}) for doc in generate_documents(400)]
+    (tmp / "docs.jsonl").write_text("\n".join(lines) + "\n")
+    run_cli(
+        "data",
+        "prepare",
+        "--input",
+        str(tmp / "docs.jsonl"),
+        "--out",
+        str(tmp / "shards"),
+        "--vocab-size",
+        "512",
+        "--workers",
+        "1",
+        "--cache-dir",
+        str(tmp / "cache"),
+    )
+    return tmp / "shards"
 
 
 def test_there_are_gpu_configs():
@@ -55,8 +81,10 @@ def test_dry_run_config_keeps_policies_and_runs_on_the_cpu(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", GPU_CONFIGS, ids=lambda p: p.stem)
-def test_every_gpu_config_dry_runs_on_the_cpu(path, tmp_path):
+def test_every_gpu_config_dry_runs_on_the_cpu(path, tmp_path, corpus, monkeypatch):
+    monkeypatch.setenv("GATED_ATTENTION_CORPUS", str(corpus))
     cfg = load_run_config(path)
+    assert cfg.data.kind == "files"  # the GPU configs read a prepared corpus
     summary = dry_run(cfg, tmp_path / "run")
     assert summary["steps"] == DRY_STEPS
     assert len(summary["losses"]) == DRY_STEPS and all(math.isfinite(x) for x in summary["losses"])
@@ -67,10 +95,12 @@ def test_every_gpu_config_dry_runs_on_the_cpu(path, tmp_path):
     assert paths["activation_checkpointing"] == cfg.train.activation_checkpointing
     assert paths["distributed"] == cfg.distributed.strategy
     assert (tmp_path / "run" / "final" / "model.safetensors").exists()
+    data = json.loads((tmp_path / "run" / "data.json").read_text())
+    assert str(corpus) in json.dumps(data)  # it trained on the shard set
 
 
 @pytest.mark.slow
-def test_reproduce_gpu_preset_dry_runs_every_run(tmp_path):
+def test_reproduce_gpu_preset_dry_runs_every_run(tmp_path, corpus):
     proc = subprocess.run(
         [
             sys.executable,
@@ -85,7 +115,7 @@ def test_reproduce_gpu_preset_dry_runs_every_run(tmp_path):
         ],
         capture_output=True,
         text=True,
-        env={**cli_env(), "PYTHONPATH": str(ROOT / "src")},
+        env={**cli_env(), "PYTHONPATH": str(ROOT / "src"), "GATED_ATTENTION_CORPUS": str(corpus)},
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

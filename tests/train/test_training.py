@@ -23,6 +23,7 @@ def _losses(run_dir: Path) -> list[float]:
     return [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl")]
 
 
+@pytest.mark.slow
 def test_train_in_process_writes_run_directory(write_config):
     cfg = load_run_config(write_config(steps=20))
     result = train(cfg)
@@ -39,6 +40,7 @@ def test_train_in_process_writes_run_directory(write_config):
     assert 0 < records[0]["gate_mean"] < 1
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bit_identical(write_config, tmp_path):
     steps = 300
     ref_cfg = write_config("reference", steps=steps, ckpt_every=25, eval_every=100)
@@ -65,6 +67,7 @@ def test_resume_after_sigkill_is_bit_identical(write_config, tmp_path):
     assert len(_losses(out)) == steps
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_torchrun_matches_single_process(write_config, tmp_path, strategy):
     single = write_config("single", steps=12, ckpt_every=6, eval_every=6)
@@ -134,6 +137,7 @@ def _one_line_error(proc: subprocess.CompletedProcess, pattern: str) -> None:
     assert len(lines) == 1 and pattern in lines[0], proc.stderr
 
 
+@pytest.mark.slow
 def test_bad_input_gives_one_line_errors(write_config, tmp_path):
     cfg = write_config(steps=10, ckpt_every=5)
     bad = tmp_path / "bad.toml"
@@ -193,6 +197,7 @@ def test_bad_input_gives_one_line_errors(write_config, tmp_path):
     _one_line_error(run_cli("train", "--config", str(cfg), check=False), "--resume")
 
 
+@pytest.mark.slow
 def test_corrupted_checkpoint_falls_back_to_previous(write_config, tmp_path):
     cfg = load_run_config(write_config(steps=20, ckpt_every=10))
     train(cfg)
@@ -213,6 +218,7 @@ def test_corrupted_checkpoint_falls_back_to_previous(write_config, tmp_path):
     assert json.loads((Path(cfg2.out_dir) / "result.json").read_text())["steps"] == 20
 
 
+@pytest.mark.slow
 def test_corpus_shorter_than_one_window(write_config, tmp_path):
     text = tmp_path / "short.txt"
     text.write_text("A short document with a handful of words.\n")
@@ -259,6 +265,7 @@ class _Counter(TrainerCallback):
         self.count = state["count"]
 
 
+@pytest.mark.slow
 def test_user_callbacks_add_metrics_and_resume_their_state(write_config):
     cfg = load_run_config(write_config(steps=10, ckpt_every=5, eval_every=5))
     first = _Counter()

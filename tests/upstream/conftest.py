@@ -45,6 +45,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = [item for item in items if item not in dropped]
+    # Hundreds of generic checks: the full run (the README's test command) keeps them, the
+    # edit-test loop (`-m "not slow"`) leaves them out.
+    for item in items:
+        if item.nodeid.startswith(here):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True)

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from ._common import to_jsonable
 from .hf_probe import collect_hf, find_decoder_layers
 from .metrics import (
     FirstTokenMass,
@@ -99,4 +100,5 @@ __all__ = [
     "sink_rate",
     "sink_rate_by_layer",
     "sink_rate_from_alpha",
+    "to_jsonable",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,7 +40,7 @@ def check_probs(probs: torch.Tensor, name: str = "probs") -> None:
 
 
 def to_jsonable(obj: Any) -> Any:
-    """Convert dataclasses, tensors, tuples and non-finite floats into plain JSON values.
+    """Convert dataclasses, tensors, tuples, paths and non-finite floats into plain JSON values.
 
     NaN and infinities become ``None`` because strict JSON has no literal for them.
     """
@@ -53,6 +54,8 @@ def to_jsonable(obj: Any) -> Any:
         return [to_jsonable(v) for v in obj]
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return str(obj)
     return obj
 
 

@@ -3,7 +3,7 @@
 Sun et al. call an activation *massive* when its magnitude exceeds 100 and is at least about
 1000 times the median magnitude of the layer's hidden states. Qiu et al. (2025, Table 4) report
 M-Act, the mean over layers of each layer's maximum ``|h|`` (1053 for their baseline, 94 with
-the G1 gate); PAPER.md section 6.
+the G1 gate); docs/paper.md section 6.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Qiu et al. (2025) report the mean gate score (0.116 for the G1 elementwise gate, 0.172
 headwise; Table 4), note that scores concentrate near 0, that the first token's gate is
 especially low, and that the G1 gate shrinks the mean ``|SDPA output|`` from 0.71 to 0.05
-(PAPER.md sections 4 and 6).
+(docs/paper.md sections 4 and 6).
 """
 
 from __future__ import annotations

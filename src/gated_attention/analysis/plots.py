@@ -24,12 +24,14 @@ from matplotlib.ticker import MaxNLocator
 PathLike = str | Path
 
 __all__ = [
+    "figure",
     "plot_attention_maps",
     "plot_first_token_mass",
     "plot_gate_histograms",
     "plot_gate_mean_per_layer",
     "plot_loss_curves",
     "plot_max_activation",
+    "save_figure",
 ]
 
 
@@ -77,13 +79,15 @@ def _series(obj: Any, paths: Sequence[tuple[str, ...]], what: str) -> list[float
     return [float("nan") if v is None else float(v) for v in found]
 
 
-def _figure(figsize: tuple[float, float]) -> Figure:
+def figure(figsize: tuple[float, float]) -> Figure:
+    """A figure on its own Agg canvas (no pyplot, no display)."""
     fig = Figure(figsize=figsize)
     FigureCanvasAgg(fig)  # attaches itself to fig: PNG rendering with Agg, no GUI
     return fig
 
 
-def _save(fig: Figure, path: PathLike) -> Path:
+def save_figure(fig: Figure, path: PathLike) -> Path:
+    """Lay ``fig`` out tightly and write it as a 120-dpi PNG (parent folders created)."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -108,7 +112,7 @@ def plot_first_token_mass(
     list of per-layer values; ``floor`` overrides the floor stored in the results.
     """
     arms = _arms(results)
-    fig = _figure((7, 4))
+    fig = figure((7, 4))
     ax = fig.subplots()
     paths = [("per_layer_mean",), ("first_token_mass", "per_layer_mean")]
     for arm, res in arms.items():
@@ -123,7 +127,7 @@ def plot_first_token_mass(
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_max_activation(
@@ -137,7 +141,7 @@ def plot_max_activation(
     Accepts :class:`MassiveActivations`, :class:`AnalysisReport`, dict forms or lists.
     """
     arms = _arms(results)
-    fig = _figure((7, 4))
+    fig = figure((7, 4))
     ax = fig.subplots()
     paths = [("max_abs_per_layer",), ("massive", "max_abs_per_layer")]
     for arm, res in arms.items():
@@ -150,7 +154,7 @@ def plot_max_activation(
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
     ax.grid(alpha=0.3, which="both")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_gate_histograms(
@@ -165,7 +169,7 @@ def plot_gate_histograms(
     """
     arms = _arms(results)
     n = len(arms)
-    fig = _figure((4.2 * n, 3.6))
+    fig = figure((4.2 * n, 3.6))
     axes = fig.subplots(1, n, squeeze=False, sharey=True)
     for ax, (arm, res) in zip(axes[0], arms.items()):
         gates = _lookup(res, [("gates",)]) if _lookup(res, [("histogram",)]) is None else res
@@ -182,7 +186,7 @@ def plot_gate_histograms(
     axes[0][0].set_ylabel("share of scores")
     if n > 1:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_gate_mean_per_layer(
@@ -196,7 +200,7 @@ def plot_gate_mean_per_layer(
     Accepts :class:`GateStats`, :class:`AnalysisReport`, dict forms or lists.
     """
     arms = _arms(results)
-    fig = _figure((7, 4))
+    fig = figure((7, 4))
     ax = fig.subplots()
     paths = [("per_layer_mean",), ("gates", "per_layer_mean")]
     for arm, res in arms.items():
@@ -206,7 +210,7 @@ def plot_gate_mean_per_layer(
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _as_map(x: Any) -> np.ndarray:
@@ -242,7 +246,7 @@ def plot_attention_maps(
     if not maps:
         raise ValueError("plot_attention_maps: no maps given")
     rows = list(maps.items())
-    fig = _figure((9, 3.8 * len(rows)))
+    fig = figure((9, 3.8 * len(rows)))
     axes = fig.subplots(len(rows), 2, squeeze=False)
     titled = [False, False]
     for r, (label, entry) in enumerate(rows):
@@ -270,7 +274,7 @@ def plot_attention_maps(
                 ax.set_title(column_titles[c])
                 titled[c] = True
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _smooth(y: np.ndarray, window: int) -> np.ndarray:
@@ -298,7 +302,7 @@ def plot_loss_curves(
     """
     if not curves:
         raise ValueError("plot_loss_curves: no curves given")
-    fig = _figure((7, 4))
+    fig = figure((7, 4))
     ax = fig.subplots()
     for arm, pts in curves.items():
         arr = np.asarray(list(pts), dtype=float).reshape(-1, 2)
@@ -313,4 +317,4 @@ def plot_loss_curves(
     ax.set(xlabel="step", ylabel="loss", title=title)
     ax.legend()
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -1,6 +1,6 @@
 """Attention-sink metrics on attention maps: first-token mass, alpha_k, sink rate, null attention.
 
-Definitions follow the reference facts (PAPER.md section 6):
+Definitions follow the reference facts (docs/paper.md section 6):
 
 * **F-Attn** (Qiu et al. 2025, Table 4): the probability on key 0, averaged over queries and
   heads, per layer and then over layers. It is reported beside the *causal floor*, the value

@@ -137,7 +137,13 @@ def tokenizer_file(path: str | os.PathLike[str]) -> Path:
     if p.is_dir():
         p = p / "tokenizer.json"
     if not p.is_file():
-        raise DataError(f"tokenizer file {p} does not exist")
+        hint = ""
+        if p.parent.is_dir() and any(p.parent.glob("*.model")):
+            hint = (
+                "; this directory holds a slow (sentencepiece) tokenizer: write its fast "
+                "tokenizer.json with AutoTokenizer.from_pretrained(dir).save_pretrained(dir)"
+            )
+        raise DataError(f"tokenizer file {p} does not exist{hint}")
     return p
 
 
@@ -156,7 +162,7 @@ def load_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerFast:
     """Load a ``tokenizer.json`` (or a directory holding one) with bos/eos/pad tokens set.
 
     Special tokens are resolved, for each role, from the first that exists in the vocabulary:
-    the ``tokenizer_config.json`` next to the file, our own ``<|bos|>/<|eos|>/<|pad|>``, then
+    the ``tokenizer_config.json`` (or ``special_tokens_map.json``) next to the file, our own ``<|bos|>/<|eos|>/<|pad|>``, then
     common names of other tokenizers. A tokenizer without a BOS token (GPT-2) uses its
     end-of-text token as BOS, and one without a pad token pads with its end-of-document token;
     padded positions are masked anyway. A tokenizer with no end-of-document token is an error,
@@ -164,12 +170,16 @@ def load_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerFast:
     """
     file = tokenizer_file(path)
     config: dict = {}
-    config_path = file.parent / "tokenizer_config.json"
-    if config_path.is_file():
-        try:
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-        except ValueError:
-            config = {}
+    # tokenizer_config.json first; special_tokens_map.json fills the roles it leaves out.
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        config_path = file.parent / name
+        if config_path.is_file():
+            try:
+                loaded = json.loads(config_path.read_text(encoding="utf-8"))
+            except ValueError:
+                continue
+            if isinstance(loaded, dict):
+                config.update({k: v for k, v in loaded.items() if v is not None})
     try:
         backend = Tokenizer.from_file(str(file))
     except Exception as exc:  # tokenizers raises a bare Exception on a malformed file

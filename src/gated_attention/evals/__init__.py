@@ -7,24 +7,16 @@
 * :mod:`.perplexity`: :func:`perplexity_at_lengths`, per-position loss, streamed F-Attn.
 * :mod:`.retrieval`: exact-match scoring of the tasks of :mod:`gated_attention.data.retrieval`.
 * :mod:`.streaming`: the StreamingLLM windowed-cache test.
-* :mod:`.long_context`: :func:`run_long_context_study` and
-  :func:`train_and_evaluate_long_context`.
 
+The long-context study that combines them lives in :mod:`gated_attention.experiments.long_context`.
 Command line: ``gated-attention eval RUN --kind ppl|passkey|recall|streaming|study``.
 """
 
-from gated_attention.evals.long_context import (
-    DEFAULT_ARMS,
-    SCALES,
-    run_long_context_study,
-    train_and_evaluate_long_context,
-)
 from gated_attention.evals.perplexity import (
     first_token_mass_long,
     perplexity_at_lengths,
     token_losses,
 )
-from gated_attention.evals.report import PAPER_TABLE5
 from gated_attention.evals.retrieval import DEFAULT_DEPTHS, evaluate_retrieval, score_batch
 from gated_attention.evals.scaling import (
     SCALING_MODES,
@@ -37,24 +29,19 @@ from gated_attention.evals.streaming import streaming_perplexity, windowed_token
 from gated_attention.evals.streams import TokenStream, run_stream, stream_from_dataset, windows
 
 __all__ = [
-    "DEFAULT_ARMS",
     "DEFAULT_DEPTHS",
-    "PAPER_TABLE5",
-    "SCALES",
     "SCALING_MODES",
     "TokenStream",
     "evaluate_retrieval",
     "first_token_mass_long",
     "load_model_with",
     "perplexity_at_lengths",
-    "run_long_context_study",
     "run_stream",
     "scaling_config",
     "score_batch",
     "stream_from_dataset",
     "streaming_perplexity",
     "token_losses",
-    "train_and_evaluate_long_context",
     "windowed_token_losses",
     "windows",
     "with_rope_config",

@@ -57,7 +57,7 @@ def _capture_qk(model: GatedLM):
 def first_token_mass_long(
     model: GatedLM, input_ids: torch.Tensor, query_chunk: int = 256
 ) -> dict[str, Any]:
-    """F-Attn (PAPER.md section 6) of ``input_ids`` ``(B, T)`` at any ``T``, streamed.
+    """F-Attn (docs/paper.md section 6) of ``input_ids`` ``(B, T)`` at any ``T``, streamed.
 
     Returns ``{"mean", "per_layer", "floor"}``: the attention probability on token 0 averaged
     over batch, heads and queries (query 0 excluded, it can only see token 0), per layer and

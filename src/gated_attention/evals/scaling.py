@@ -1,7 +1,7 @@
 """Context extension without (or with little) retraining: RoPE scaling on a trained model.
 
 * :func:`scaling_config` builds the ``rope_scaling`` dict of a named mode for a trained length
-  and factor (PAPER.md section 7: position interpolation, NTK, dynamic NTK, YaRN).
+  and factor (docs/paper.md section 7: position interpolation, NTK, dynamic NTK, YaRN).
 * :func:`with_rope_scaling` / :func:`with_rope_config` return a model that shares every weight
   with the given one but evaluates RoPE differently (evaluation-time extension).
 * :func:`load_model_with` loads a checkpoint into a config that differs only in RoPE fields.

@@ -98,13 +98,13 @@ def windows(
     return inputs.contiguous(), labels.contiguous()
 
 
-def stream_from_dataset(dataset: Any, source: str = "") -> TokenStream:
-    """The whole split of a :class:`~gated_attention.data.PackedTokenDataset` as a stream."""
+def stream_from_dataset(
+    dataset: Any, source: str = "", num_tokens: int | None = None
+) -> TokenStream:
+    """The split of a :class:`~gated_attention.data.PackedTokenDataset` (its first
+    ``num_tokens`` tokens when given) as a stream."""
+    tokens = torch.from_numpy(dataset.split_tokens(0, num_tokens))
     info = dataset.info
-    lo = dataset.split_point if dataset.split == "val" else 0
-    hi = info.num_tokens if dataset.split == "val" else dataset.split_point
-    data = np.memmap(info.path, dtype=np.dtype(info.dtype).newbyteorder("<"), mode="r")
-    tokens = torch.from_numpy(np.asarray(data[lo:hi], dtype=np.int64))
     return TokenStream(tokens, dataset.bos_id, info.vocab_size, source or str(info.path))
 
 
@@ -135,8 +135,9 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
 def run_stream(run_dir: str | Path, num_tokens: int = 1 << 16, split: str = "val") -> TokenStream:
     """The validation token stream of a training run (built the way training built its data).
 
-    Text runs (``corpus``/``files``) read the prepared token file (cached by ``prepare_data``;
-    nothing is downloaded when the run's cache exists) and keep the run's BOS choice. Backcopy
+    Text runs (``corpus``/``files``) read the run's prepared tokens (cached by ``build_data``;
+    nothing is downloaded or tokenised again when the run's cache exists; a mixture reads its
+    first source) and keep the run's BOS choice. Backcopy
     runs sample ``num_tokens`` tokens of the task's evaluation stream.
     """
     from gated_attention.train.config import DataConfig
@@ -156,20 +157,13 @@ def run_stream(run_dir: str | Path, num_tokens: int = 1 << 16, split: str = "val
         )
         task = replace(task, seq_len=max(cfg.seq_len, min(num_tokens, 4096)))
         return backcopy_stream(task, num_tokens)
-    from gated_attention.data import PackedTokenDataset, load_tokenizer, prepare_data
+    from dataclasses import replace
 
-    prepared = prepare_data(
-        cache_dir=cfg.cache_dir,
-        sources=tuple(cfg.sources),
-        vocab_size=cfg.vocab_size,
-        tokenizer_path=cfg.tokenizer,
-        documents=cfg.path if cfg.kind == "files" else None,
-    )
-    bos = load_tokenizer(prepared.tokenizer_path).bos_token_id if cfg.bos else None
-    dataset = PackedTokenDataset(
-        prepared.tokens_path, seq_len=2, split=split, val_fraction=cfg.val_fraction, bos_id=bos
-    )
-    stream = stream_from_dataset(dataset, f"{cfg.kind}:{split}")
-    stream.tokens = stream.tokens[: num_tokens + 1]
-    stream.tokenizer_path = Path(prepared.tokenizer_path)
+    from gated_attention.train.datasets import build_data
+
+    data = build_data(replace(cfg, retrieval_mix=0.0))  # the data training built
+    dataset = data.val if split == "val" else data.train
+    dataset = getattr(dataset, "parts", [dataset])[0]  # a mixture: its first source
+    stream = stream_from_dataset(dataset, f"{cfg.kind}:{split}", num_tokens + 1)
+    stream.tokenizer_path = data.tokenizer_path
     return stream

@@ -1,6 +1,6 @@
 """The paper's published numbers (Qiu et al. 2025), printed beside our measurements.
 
-Keys are our variant names; values are as printed in the paper (PAPER.md section 4).
+Keys are our variant names; values are as printed in the paper (docs/paper.md section 4).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ TABLE1: dict[str, dict[str, float | None]] = {
     "sdpa-ns-sigmoid": {"ppl": 5.900, "mmlu": None},
 }
 
-# Independent measurement of the released 1.7B checkpoints (PAPER.md section 4, last lines).
+# Independent measurement of the released 1.7B checkpoints (docs/paper.md section 4, last lines).
 RELEASED_1P7B = {
     "none": {"f_attn": 0.4266},
     "sdpa-headwise": {"f_attn": 0.0525, "gate_mean": 0.257},

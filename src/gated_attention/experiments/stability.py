@@ -12,7 +12,6 @@ there and is recorded as diverged (``RunRecord.status == "diverged"``), never as
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -20,13 +19,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
-from gated_attention.experiments.sinks import run_metrics
+from gated_attention.experiments.metrics import RunMetrics
+from gated_attention.experiments.reporting import (
+    figure,
+    finish_report,
+    fmt,
+    fmt_g,
+    image,
+    save_figure,
+    table,
+)
+from gated_attention.experiments.stats import compare, max_finite, mean_std
 from gated_attention.experiments.study import Arm, RunRecord, Study
-from gated_attention.experiments.summary import fmt, mean_std, report_footer
-from gated_attention.experiments.variants import compare
 
 TOLERANCE = 0.05
 """``eta_max`` is the largest LR whose final loss is within this many nats of the arm's best."""
@@ -102,9 +107,9 @@ def unrecovered_spikes(curve: list[tuple[int, float, bool]]) -> int:
 
 def point_metrics(rec: RunRecord) -> dict[str, Any]:
     """The numbers of one (arm, LR, seed) run."""
-    m = run_metrics(rec) if rec.status == "ok" else {}
+    m = RunMetrics.from_record(rec) if rec.status == "ok" else RunMetrics()
     curve = loss_curve(rec)
-    val = m.get("val_loss")
+    val = m.val_loss
     if val is None:
         val = rec.result.get("final_val_loss")
     finite = val is not None and math.isfinite(val)
@@ -117,9 +122,9 @@ def point_metrics(rec: RunRecord) -> dict[str, Any]:
         "spikes": rec.result.get("spikes"),
         "spike_score": rec.result.get("spike_score"),
         "unrecovered_spikes": unrecovered_spikes(curve),
-        "max_attention_logit": m.get("max_attention_logit"),
-        "max_abs": m.get("max_abs"),
-        "m_act": m.get("m_act"),
+        "max_attention_logit": m.max_attention_logit,
+        "max_abs": m.max_abs,
+        "m_act": m.m_act,
     }
 
 
@@ -230,8 +235,8 @@ def sweeps(study: Study, scale: str, records: list[RunRecord]) -> dict[str, dict
             "spikes": sum(p["spikes"] or 0 for p in pts),
             "spike_score": mean_std([p["spike_score"] for p in pts])[0],
             "unrecovered_spikes": sum(p["unrecovered_spikes"] for p in pts),
-            "max_attention_logit": _max([p["max_attention_logit"] for p in pts]),
-            "max_abs": _max([p["max_abs"] for p in pts]),
+            "max_attention_logit": max_finite(p["max_attention_logit"] for p in pts),
+            "max_abs": max_finite(p["max_abs"] for p in pts),
             "m_act": mean_std([p["m_act"] for p in pts])[0],
         }
     # arms in declaration order
@@ -243,16 +248,7 @@ def _lr_of(study: Study, scale: str, task: str, arm: Arm) -> float:
     return float(study.run_config(task, arm, scale, 0, Path("."))["train"].get("lr", 3e-3))
 
 
-def _max(values: list[float | None]) -> float | None:
-    xs = [v for v in values if v is not None and math.isfinite(v)]
-    return max(xs) if xs else None
-
-
 # ----------------------------------------------------------------------------- verdicts
-def _lr(x: float | None) -> str:
-    return "-" if x is None else f"{x:g}"
-
-
 def verdicts(task_sweeps: dict[str, Sweep]) -> list[str]:
     """Sentences from the numbers of one task: largest stable LR, sensitivity, spikes and
     outliers for each comparison whose arms ran."""
@@ -267,17 +263,17 @@ def verdicts(task_sweeps: dict[str, Sweep]) -> list[str]:
             continue
         if ea > er:
             call = (
-                f"{arm} trains stably up to {_lr(ea)}, {ea / er:g}x the {_lr(er)} of {ref}: "
+                f"{arm} trains stably up to {fmt_g(ea)}, {ea / er:g}x the {fmt_g(er)} of {ref}: "
                 "a larger stable learning rate"
             )
         elif ea < er:
             call = (
-                f"{arm} is stable only up to {_lr(ea)}, below the {_lr(er)} of {ref}: a "
+                f"{arm} is stable only up to {fmt_g(ea)}, below the {fmt_g(er)} of {ref}: a "
                 "smaller stable learning rate"
             )
         else:
             call = (
-                f"both arms have eta_max {_lr(ea)}: cannot resolve at this scale (the grid's "
+                f"both arms have eta_max {fmt_g(ea)}: cannot resolve at this scale (the grid's "
                 "resolution is one doubling)"
             )
         parts = [call]
@@ -301,15 +297,15 @@ def verdicts(task_sweeps: dict[str, Sweep]) -> list[str]:
             if diff is not None:
                 call_txt = "unresolved" if not real else "resolved"
                 parts.append(
-                    f"at LR {_lr(top)} (largest where both finished) its loss is "
+                    f"at LR {fmt_g(top)} (largest where both finished) its loss is "
                     f"{abs(diff):.3f} nats {'lower' if diff < 0 else 'higher'} ({call_txt}: {how})"
                 )
         div_a = [lr for lr in common if a.points[lr]["diverged"]]
         div_r = [lr for lr in common if r.points[lr]["diverged"]]
         if div_a or div_r:
             parts.append(
-                f"diverged at {', '.join(map(_lr, div_a)) or 'no LR'} vs "
-                f"{', '.join(map(_lr, div_r)) or 'no LR'}"
+                f"diverged at {', '.join(map(fmt_g, div_a)) or 'no LR'} vs "
+                f"{', '.join(map(fmt_g, div_r)) or 'no LR'}"
             )
         sa, sr = a.summary()["total_spikes"], r.summary()["total_spikes"]
         parts.append(f"{sa} vs {sr} loss spikes over the sweep")
@@ -331,23 +327,10 @@ def verdicts(task_sweeps: dict[str, Sweep]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- plots
-def _figure(figsize: tuple[float, float]) -> Figure:
-    fig = Figure(figsize=figsize)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
-
-
 def plot_loss_vs_lr(task_sweeps: dict[str, Sweep], path: Path, title: str) -> Path:
     """Final validation loss against LR (log2 axis) per arm; diverged runs as crosses at the
     top, each arm's ``eta_max`` as a star."""
-    fig = _figure((7, 4.2))
+    fig = figure((7, 4.2))
     ax = fig.subplots()
     finite_all = [
         p["val_loss"] for s in task_sweeps.values() for p in s.points.values() if p["val_loss"]
@@ -380,7 +363,7 @@ def plot_loss_vs_lr(task_sweeps: dict[str, Sweep], path: Path, title: str) -> Pa
         va="top",
         fontsize=8,
     )
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_curves_by_lr(
@@ -395,7 +378,7 @@ def plot_curves_by_lr(
     lrs = sorted(curves)
     cols = min(3, max(1, len(lrs)))
     rows = math.ceil(len(lrs) / cols)
-    fig = _figure((4.4 * cols, 3.2 * rows))
+    fig = figure((4.4 * cols, 3.2 * rows))
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     seen = {a for per_lr in curves.values() for a in per_lr}
     arms = [a for a in (order or []) if a in seen] + sorted(seen - set(order or []))
@@ -435,7 +418,7 @@ def plot_curves_by_lr(
         axes[0].set_ylabel("training loss")
         axes[0].legend(fontsize=7)
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- report
@@ -469,7 +452,7 @@ def _sweep_table(task_sweeps: dict[str, Sweep]) -> list[str]:
         "max abs(h)",
         "stable",
     ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for arm, sweep in task_sweeps.items():
         _, best = sweep.best
         for lr in sweep.lrs:
@@ -486,26 +469,22 @@ def _sweep_table(task_sweeps: dict[str, Sweep]) -> list[str]:
             val = fmt(p["val_loss"])
             if p["val_std"] is not None:
                 val += f" ± {fmt(p['val_std'])}"
-            lines.append(
-                "| "
-                + " | ".join(
-                    [
-                        arm,
-                        _lr(lr),
-                        val,
-                        "-" if delta is None else f"{delta:+.3f}",
-                        div,
-                        str(p["spikes"]),
-                        fmt(p["spike_score"]),
-                        str(p["unrecovered_spikes"]),
-                        fmt(p["max_attention_logit"]),
-                        fmt(p["max_abs"]),
-                        "yes" if sweep.stable(lr) else "no",
-                    ]
-                )
-                + " |"
+            rows.append(
+                [
+                    arm,
+                    fmt_g(lr),
+                    val,
+                    "-" if delta is None else f"{delta:+.3f}",
+                    div,
+                    str(p["spikes"]),
+                    fmt(p["spike_score"]),
+                    str(p["unrecovered_spikes"]),
+                    fmt(p["max_attention_logit"]),
+                    fmt(p["max_abs"]),
+                    "yes" if sweep.stable(lr) else "no",
+                ]
             )
-    return lines
+    return table(head, rows)
 
 
 def _summary_table(task_sweeps: dict[str, Sweep]) -> list[str]:
@@ -519,35 +498,27 @@ def _summary_table(task_sweeps: dict[str, Sweep]) -> list[str]:
         "Δloss per doubling above best",
         "spikes (all LRs)",
     ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for arm, sweep in task_sweeps.items():
         s = sweep.summary()
         per = s["penalty_per_doubling"]
-        lines.append(
-            "| "
-            + " | ".join(
-                [
-                    arm,
-                    _lr(s["best_lr"]),
-                    fmt(s["best_val_loss"]),
-                    _lr(s["eta_max"]),
-                    ", ".join(map(_lr, s["lrs_within_tolerance"])) or "-",
-                    _lr(s["first_diverged_lr"]),
-                    "-" if per is None else f"{per:+.3f}",
-                    str(s["total_spikes"]),
-                ]
-            )
-            + " |"
+        rows.append(
+            [
+                arm,
+                fmt_g(s["best_lr"]),
+                fmt(s["best_val_loss"]),
+                fmt_g(s["eta_max"]),
+                ", ".join(map(fmt_g, s["lrs_within_tolerance"])) or "-",
+                fmt_g(s["first_diverged_lr"]),
+                "-" if per is None else f"{per:+.3f}",
+                str(s["total_spikes"]),
+            ]
         )
-    return lines
+    return table(head, rows)
 
 
 def write_report(
-    study: Study,
-    scale: str,
-    records: list[RunRecord],
-    out_dir: Path,
-    meta: dict[str, Any],
+    study: Study, scale: str, records: list[RunRecord], out_dir: Path, meta: dict[str, Any]
 ) -> Path:
     """Write ``report.md``, ``results.json`` and ``plots/<task>_loss_vs_lr.png`` /
     ``plots/<task>_loss_curves.png`` under ``out_dir``."""
@@ -582,7 +553,7 @@ def write_report(
         f"# {study.title}",
         "",
         f"Study `{study.name}` at scale `{scale}`: {len(base_arms)} arms x "
-        f"{len(lrs) or 1} learning rates ({', '.join(map(_lr, lrs)) or 'task default'}) x "
+        f"{len(lrs) or 1} learning rates ({', '.join(map(fmt_g, lrs)) or 'task default'}) x "
         f"{len(seeds)} seed(s) on {', '.join(f'`{t}`' for t in tasks)}. "
         f"Wall time {meta.get('wall_time_s', 0.0) / 60:.1f} min.",
         "",
@@ -613,23 +584,18 @@ def write_report(
         lines += ["### LR sensitivity", "", *_summary_table(task_sweeps), ""]
         lines += ["### Every run", "", *_sweep_table(task_sweeps), ""]
         for fig in figs.get(task, []):
-            rel = fig.relative_to(out_dir)
-            lines += [f"![{rel.stem}]({rel.as_posix()})", ""]
+            lines += [image(fig, out_dir), ""]
     lines += [
         "## The paper's numbers (Table 2, dense 1.7B, avg PPL; '-' = diverged)",
         "",
-        "| setting | model | LR | PPL |",
-        "|---|---|---|---|",
-        *[f"| {s} | {m} | {lr} | {fmt(p)} |" for s, m, lr, p in PAPER_TABLE2],
+        *table(
+            ["setting", "model", "LR", "PPL"], [[*row[:3], fmt(row[3])] for row in PAPER_TABLE2]
+        ),
         "",
         "Those models are ~1,000x larger and trained ~100,000x longer than ours: compare "
         "directions (which arm tolerates the larger LR), not values.",
         "",
     ]
-    failed = [r for r in records if r.status == "failed"]
-    lines += report_footer(failed, meta)
-    report = out_dir / "report.md"
-    report.write_text("\n".join(lines) + "\n")
     results = {
         "study": study.name,
         "scale": scale,
@@ -638,26 +604,15 @@ def write_report(
             task: {
                 arm: {
                     "summary": s.summary(),
-                    "points": {_lr(lr): p for lr, p in s.points.items()},
+                    "points": {fmt_g(lr): p for lr, p in s.points.items()},
                 }
                 for arm, s in task_sweeps.items()
             }
             for task, task_sweeps in all_sweeps.items()
         },
         "verdicts": {task: verdicts(s) for task, s in all_sweeps.items()},
-        "runs": [
-            r.to_dict()
-            | {
-                "analysis": {
-                    k: v for k, v in (r.analysis or {}).items() if k not in ("maps", "report")
-                }
-            }
-            for r in records
-        ],
-        "meta": meta,
     }
-    (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    return report
+    return finish_report(out_dir, lines, results, records, meta, failed=("failed",))
 
 
 def analyze(run_dir: Path, task: str, cfg: Any, study: Study | None = None) -> dict[str, Any]:

@@ -134,6 +134,11 @@ class Arm:
     lr: float | None = None
     """For an arm of a learning-rate sweep: its learning rate."""
 
+    @property
+    def paper_key(self) -> str:
+        """The row of the paper's tables printed beside this arm."""
+        return self.paper_row or self.gate
+
 
 @dataclass
 class Study:
@@ -411,6 +416,8 @@ def run_study(
     ``analyze(run_dir, task_name, run_config) -> dict`` computes the per-run metrics (the report
     module supplies it). Each record is written to ``<run>/record.json`` as soon as it is done.
     """
+    from gated_attention.data.errors import EpochLimitError
+    from gated_attention.experiments.reporting import write_json
     from gated_attention.train import RunConfig, TrainingDiverged, train
 
     out_dir = Path(out_dir)
@@ -456,6 +463,8 @@ def run_study(
                 analysis,
                 seconds=time.perf_counter() - start,
             )
+        except EpochLimitError:  # every arm of the task would stop the same way
+            raise
         except Exception as err:  # one failing arm must not lose the others
             log.error("%s / %s / seed %d failed: %s", task, arm.name, seed, err)
             rec = RunRecord(
@@ -468,21 +477,13 @@ def run_study(
                 seconds=time.perf_counter() - start,
             )
         run_dir.mkdir(parents=True, exist_ok=True)
-        record_path.write_text(json.dumps(rec.to_dict(), indent=1, default=_json_default))
+        write_json(record_path, rec.to_dict())
         records.append(rec)
         if bar:
             bar.update(1)
     if bar:
         bar.close()
     return records
-
-
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "to_dict"):
-        return obj.to_dict()
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    return str(obj)
 
 
 def studies_dir() -> Path:

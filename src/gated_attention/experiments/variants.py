@@ -4,26 +4,32 @@ which of the paper's orderings hold at the scale that was run.
 
 Each ordering is a list of (better, worse) arm pairs compared on validation loss over seeds; a
 pair is *resolved* only when the difference exceeds the seed spread (paired over shared seeds,
-see :func:`compare`), so a single-seed run resolves nothing and says so rather than guessing.
+see :func:`~gated_attention.experiments.stats.compare`), so a single-seed run resolves nothing and says so rather than guessing.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from gated_attention.config import ModelConfig
+from gated_attention.experiments.metrics import Column
 from gated_attention.experiments.paper import TABLE1, TABLE4
-from gated_attention.experiments.sinks import aggregate
+from gated_attention.experiments.reporting import (
+    figure,
+    finish_report,
+    fmt,
+    fmt_ms,
+    image,
+    save_figure,
+    table,
+)
+from gated_attention.experiments.stats import Aggregate, aggregate, compare, stat
 from gated_attention.experiments.study import Arm, RunRecord, Study
-from gated_attention.experiments.summary import effect, fmt, fmt_ms, mean_std, report_footer
 
 BASELINE = "baseline"
 
@@ -108,14 +114,14 @@ SUBSTITUTES = {"sdpa-elementwise+params": "sdpa-elementwise"}
 """When an arm was not run, the arm that stands in for it. G1 at equal parameters standing in
 for G1 with its extra parameters makes the parameter-matched comparison stricter, not looser."""
 
-COLUMNS = [
-    ("val_loss", "val loss"),
-    ("val_ppl", "val ppl"),
-    ("gate_mean", "gate mean"),
-    ("m_act", "M-Act"),
-    ("f_attn", "F-Attn"),
-    ("sink_rate", "sink rate"),
-]
+COLUMNS = (
+    Column("val_loss", "val loss"),
+    Column("val_ppl", "val ppl"),
+    Column("gate_mean", "gate mean"),
+    Column("m_act", "M-Act"),
+    Column("f_attn", "F-Attn"),
+    Column("sink_rate", "sink rate"),
+)
 
 
 # ----------------------------------------------------------------------------- parameters
@@ -178,27 +184,6 @@ def losses_by_seed(records: list[RunRecord]) -> dict[str, dict[str, dict[int, fl
     return out
 
 
-def compare(
-    better: dict[int, float], worse: dict[int, float]
-) -> tuple[float | None, bool | None, str]:
-    """``(mean loss of worse - mean loss of better, resolved?, how)``.
-
-    Arms trained with the same seeds see the same data order, which moves every arm's loss
-    together; so when at least two seeds are shared the comparison is paired: the per-seed
-    differences must have a mean larger than their own standard deviation (the seed spread of
-    the difference). Otherwise it falls back to ``summary.effect`` (the difference must exceed
-    the larger of the two arms' seed standard deviations).
-    """
-    common = sorted(set(better) & set(worse))
-    if len(common) >= 2:
-        diffs = [worse[s] - better[s] for s in common]
-        mean, std, n = mean_std(diffs)
-        if mean is None:
-            return None, None, "not measured"
-        return mean, abs(mean) > (std or 0.0), f"paired sd {std:.3f} over {n} seeds"
-    return effect(list(better.values()), list(worse.values()))
-
-
 def judge(
     losses: dict[str, dict[str, dict[int, float]]], task: str, ordering: Ordering
 ) -> dict[str, Any]:
@@ -254,32 +239,26 @@ def _pair_text(p: dict[str, Any]) -> str:
 def ordering_table(judgements: list[dict[str, Any]]) -> list[str]:
     """Markdown table of the orderings of one task: verdict and per-pair loss differences
     (``+`` agrees with the paper)."""
-    lines = [
-        "| paper's ordering | verdict | pairs: Δ loss (nats, + agrees with the paper) | paper |",
-        "|---|---|---|---|",
-    ]
+    head = ["paper's ordering", "verdict", "pairs: Δ loss (nats, + agrees with the paper)", "paper"]
+    rows = []
     for j in judgements:
         pairs = "; ".join(_pair_text(p) for p in j["pairs"]) or "-"
         if j["missing"]:
             pairs += f" (not run: {', '.join(j['missing'])})"
-        lines.append(f"| {j['claim']} | **{j['verdict']}** | {pairs} | {j['paper']} |")
-    return lines
+        rows.append([j["claim"], f"**{j['verdict']}**", pairs, j["paper"]])
+    return table(head, rows)
 
 
 # ----------------------------------------------------------------------------- tables
-def _paper_key(arm: Arm) -> str:
-    return arm.paper_row or arm.gate
-
-
 def _table(
-    study: Study, scale: str, agg: dict, task: str, params: dict[str, dict[str, Any]]
+    study: Study, scale: str, agg: Aggregate, task: str, params: dict[str, dict[str, Any]]
 ) -> list[str]:
     head = (
         ["arm", "gate", "params", "added", "sizes"]
-        + [h for _, h in COLUMNS]
+        + [c.header for c in COLUMNS]
         + ["paper PPL", "paper MMLU", "paper gate / M-Act / F-Attn"]
     )
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for arm in study.arms_for(scale, task):
         p = params.get(arm.name, {})
         row = [
@@ -290,32 +269,31 @@ def _table(
             p.get("shape", "-"),
         ]
         if arm.name in agg.get(task, {}):
-            for key, _ in COLUMNS:
-                e = agg[task][arm.name].get(key) or {}
+            for c in COLUMNS:
+                e = stat(agg, task, arm.name, c.metric)
                 row.append(fmt_ms(e.get("mean"), e.get("std")))
         else:
             row += ["failed"] * len(COLUMNS)
-        t1 = TABLE1.get(_paper_key(arm), {})
-        t4 = TABLE4.get(_paper_key(arm))
+        t1 = TABLE1.get(arm.paper_key, {})
+        t4 = TABLE4.get(arm.paper_key)
         row += [fmt(t1.get("ppl")), fmt(t1.get("mmlu"), 2)]
         row.append(
             f"{fmt(t4.get('gate_mean'))} / {t4['m_act']:,.0f} / {fmt(t4.get('f_attn'))}"
             if t4
             else "-"
         )
-        lines.append("| " + " | ".join(row) + " |")
-    return lines
+        rows.append(row)
+    return table(head, rows)
 
 
-def _ranking_plot(study: Study, scale: str, agg: dict, path: Path) -> Path | None:
+def _ranking_plot(study: Study, agg: Aggregate, path: Path) -> Path | None:
     """Validation loss per arm (mean ± std over seeds as a dot and bar), best at the top, one
     panel per task, with the baseline as a vertical line; parameter-matched baselines orange."""
     tasks = [t for t in study.tasks if agg.get(t)]
     if not tasks:
         return None
     height = max(3.0, 0.32 * max(len(agg[t]) for t in tasks) + 1.2)
-    fig = Figure(figsize=(6.5 * len(tasks), height))
-    FigureCanvasAgg(fig)
+    fig = figure((6.5 * len(tasks), height))
     axes = fig.subplots(1, len(tasks), squeeze=False)[0]
     for ax, task in zip(axes, tasks):
         rows = []
@@ -340,19 +318,12 @@ def _ranking_plot(study: Study, scale: str, agg: dict, path: Path) -> Path | Non
         ax.set(xlabel="validation loss (nats, lower is better)", title=f"{task}: arms ranked")
         ax.tick_params(axis="y", labelsize=8)
         ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- report
 def write_report(
-    study: Study,
-    scale: str,
-    records: list[RunRecord],
-    out_dir: Path,
-    meta: dict[str, Any],
+    study: Study, scale: str, records: list[RunRecord], out_dir: Path, meta: dict[str, Any]
 ) -> Path:
     """Write ``report.md``, ``results.json`` and ``plots/variants_ranking.png`` under
     ``out_dir``."""
@@ -363,7 +334,7 @@ def write_report(
     params = {t: parameter_table(study, scale, t) for t in tasks}
     losses = losses_by_seed(records)
     judgements = {t: [judge(losses, t, o) for o in ORDERINGS] for t in tasks}
-    plot = _ranking_plot(study, scale, agg, out_dir / "plots" / "variants_ranking.png")
+    plot = _ranking_plot(study, agg, out_dir / "plots" / "variants_ranking.png")
     n_arms = {t: len(study.arms_for(scale, t)) for t in tasks}
     lines = [
         f"# {study.title}",
@@ -410,7 +381,7 @@ def write_report(
                 "",
             ]
     if plot is not None:
-        lines += [f"![variants_ranking]({plot.relative_to(out_dir).as_posix()})", ""]
+        lines += [image(plot, out_dir), ""]
     for task in tasks:
         cfg_task = study.tasks[task]
         lines += [f"## Task `{task}`", ""]
@@ -429,26 +400,14 @@ def write_report(
         ]
         if g1:
             lines += [f"The G1 elementwise gate adds {g1:,} parameters on this task.", ""]
-    failed = [r for r in records if r.status != "ok"]
-    lines += report_footer(failed, meta)
-    report = out_dir / "report.md"
-    report.write_text("\n".join(lines) + "\n")
     results = {
         "study": study.name,
         "scale": scale,
         "aggregate": agg,
         "parameters": params,
         "orderings": judgements,
-        "runs": [r.to_dict() | {"analysis": _slim(r.analysis)} for r in records],
-        "meta": meta,
     }
-    (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    return report
-
-
-def _slim(analysis: dict[str, Any]) -> dict[str, Any]:
-    """The per-run analysis without the bulky per-layer report and maps."""
-    return {k: v for k, v in (analysis or {}).items() if k not in ("maps", "report")}
+    return finish_report(out_dir, lines, results, records, meta)
 
 
 def analyze(run_dir: Path, task: str, cfg: Any, study: Study | None = None) -> dict[str, Any]:

@@ -4,7 +4,7 @@ Every checkpoint format stores the same four things per attention layer -- query
 value rows and (optionally) output-gate rows of a ``hidden -> rows`` linear map -- but packs them
 differently. ``H`` query heads, ``K`` KV heads, ``g = H // K`` query heads per KV head, ``D``
 head_dim, ``Dg`` rows per gate head (``D`` elementwise, ``1`` headwise). Query head ``h`` belongs
-to KV group ``j = h // g`` at slot ``i = h % g``. Row indices (PAPER.md section 5;
+to KV group ``j = h // g`` at slot ``i = h % g``. Row indices (docs/paper.md section 5;
 ``docs/layouts.md`` spells them out with examples):
 
 ``ours`` (``GatedAttention.qkv_proj``, contiguous blocks ``[Q | K | V | G]``):
@@ -63,7 +63,7 @@ def split_paper_q_proj(
         gate_dim: ``Dg``: ``head_dim`` for the elementwise gate, 1 for headwise, 0 for none.
 
     The paper's code views the projection as ``(..., K, -1)`` and splits each group into
-    ``[g*D | g*Dg]`` (PAPER.md section 5); both outputs come back head-major.
+    ``[g*D | g*Dg]`` (docs/paper.md section 5); both outputs come back head-major.
     """
     g = num_heads // num_kv_heads
     per_group = g * head_dim + g * gate_dim
@@ -122,7 +122,7 @@ def split_megatron_qkv(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Split Megatron-Core's gated ``linear_qkv`` into head-major ``q``, ``k``, ``v``, ``gate``.
 
-    Per query group: ``[Q (g*D) | Gate (g*D) | K (D) | V (D)]`` (PAPER.md section 5).
+    Per query group: ``[Q (g*D) | Gate (g*D) | K (D) | V (D)]`` (docs/paper.md section 5).
     """
     g = num_heads // num_kv_heads
     per_group = 2 * g * head_dim + 2 * head_dim

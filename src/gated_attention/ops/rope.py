@@ -4,7 +4,7 @@
 attention factor; ``rope_cos_sin`` evaluates them at positions; ``apply_rope`` rotates the first
 ``rotary_dim`` features of each head and leaves the rest unchanged (partial rotary).
 
-Scaling types (PAPER.md section 7). The ``scaling`` dict uses ``transformers``' key names
+Scaling types (docs/paper.md section 7). The ``scaling`` dict uses ``transformers``' key names
 (``rope_type``, ``factor``, ``original_max_position_embeddings``, ``beta_fast``, ...); the base and
 the rotary fraction stay ``ModelConfig.rope_theta`` / ``partial_rotary_factor``.
 

@@ -8,7 +8,7 @@ out_dir = "runs/tiny"
 preset = "tiny"
 gate = "sdpa-elementwise"
 
-[data]             # corpus (default text), backcopy (synthetic sink task) or files
+[data]             # corpus (default text), backcopy (synthetic sink task) or files (yours)
 kind = "corpus"
 seq_len = 128
 bos = true
@@ -76,20 +76,40 @@ def _positive(where: str, value: Any, zero_ok: bool = False) -> None:
 @dataclass
 class DataConfig:
     kind: str = "corpus"
-    """``corpus``: the default English corpus (fetched and cached); ``files``: your own text /
-    JSONL / ``datasets`` directory in ``path``; ``backcopy``: the synthetic sink task."""
+    """``corpus``: the default English corpus (fetched and cached); ``files``: your own corpus in
+    ``path``; ``backcopy``: the synthetic sink task."""
     seq_len: int = 128
     bos: bool = True
     """Put a fixed BOS token at position 0 of every training window (induces sinks)."""
     sources: list[str] = field(default_factory=lambda: ["wiki", "shakespeare"])
-    path: str | None = None
-    """Documents for ``kind = "files"``."""
+    path: str | list[str] | None = None
+    """``files``: a shard set from ``gated-attention data prepare``, or text / JSONL(.gz/.zst) /
+    parquet files, globs, directories, a ``datasets`` ``save_to_disk`` directory or
+    ``hf:NAME[:CONFIG]`` (tokenised into shards in the cache on first use). A list is one corpus
+    read in order, or with ``weights`` a mixture. ``~`` and ``$VARS`` are expanded when the data
+    is built; an unset variable is an error there."""
+    weights: list[float] | None = None
+    """Sampling weights that make the entries of a ``path`` list a mixture of sources (each
+    tokenised on its own, sampled by weight; provenance in the run's ``data.json``)."""
+    text_field: str = "text"
+    """JSONL field / parquet or dataset column holding the text (``files``)."""
+    dataset_split: str = "train"
+    """Split of a ``datasets`` directory or ``hf:`` builder (``files``)."""
     tokenizer: str | None = None
-    """An existing ``tokenizer.json`` (or directory) instead of training one."""
+    """An existing ``tokenizer.json`` (or a pretrained tokenizer's directory) instead of training
+    one; with a prepared shard set it must be the one the shards were made with."""
     vocab_size: int = 8192
     """Vocabulary of the trained tokenizer (and of the backcopy task's token set)."""
     val_fraction: float = 0.05
     cache_dir: str | None = None
+    prepare_workers: int = 0
+    """Processes that tokenise a ``files`` corpus on first use (0: all cores)."""
+    verify: bool = True
+    """Check every shard's checksum and token ids when a run opens a shard set (one sequential
+    read of the set)."""
+    max_passes: float = 4.0
+    """Stop before training when the run would read its training split more often than this
+    (tokens read / training tokens); ``inf`` disables the check."""
     num_triggers: int = 3
     """backcopy: how many trigger tokens."""
     task_seed: int = 1234
@@ -110,8 +130,32 @@ class DataConfig:
         if isinstance(mix, bool) or not isinstance(mix, (int, float)) or not 0.0 <= mix <= 1.0:
             raise ValueError(f"data.retrieval_mix must be in [0, 1], got {self.retrieval_mix}.")
         _choice("data.retrieval_task", self.retrieval_task, RETRIEVAL_TASKS)
+        _positive("data.max_passes", self.max_passes)
+        workers = self.prepare_workers
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+            raise ValueError(f"data.prepare_workers must be an integer >= 0, got {workers!r}.")
+        paths = [self.path] if isinstance(self.path, str) else self.path
+        if paths is not None and (
+            not isinstance(paths, list)
+            or not paths
+            or not all(isinstance(p, str) and p for p in paths)
+        ):
+            raise ValueError(
+                f"data.path must be a path or a non-empty list of paths, got {self.path!r}."
+            )
+        if self.weights is not None:
+            if not isinstance(self.path, list) or len(self.weights) != len(self.path):
+                raise ValueError(
+                    "data.weights needs data.path to be a list with one weight per entry, got "
+                    f"{len(self.weights)} weights for data.path={self.path!r}."
+                )
+            for w in self.weights:
+                _positive("each of data.weights", w)
         if self.kind == "files" and not self.path:
-            raise ValueError('data.kind = "files" needs data.path (text, JSONL or a directory).')
+            raise ValueError(
+                'data.kind = "files" needs data.path: a shard set from `gated-attention data '
+                "prepare`, or text/JSONL/parquet files or globs (see README, Data)."
+            )
 
 
 @dataclass

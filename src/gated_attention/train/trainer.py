@@ -30,7 +30,7 @@ from gated_attention.train import callbacks as cbs
 from gated_attention.train import checkpoint as ckpt
 from gated_attention.train import distributed as dist_utils
 from gated_attention.train.config import RunConfig
-from gated_attention.train.datasets import RunData, build_data
+from gated_attention.train.datasets import RunData, build_data, check_passes
 from gated_attention.train.optim import build_optimizer, lr_at
 
 log = logging.getLogger("gated_attention.train")
@@ -121,6 +121,7 @@ class Trainer:
                 f"divisible by the {self.dist.world_size} processes"
             )
         self.data = data if data is not None else build_data(cfg.data)
+        self.data.info["passes"] = check_passes(self.data, cfg, announce=self.dist.is_main)
         self.model_cfg = cfg.model_config(self.data.vocab_size)
         seed_everything(cfg.seed)
         self.model = GatedLM(self.model_cfg).to(self.device)

@@ -27,7 +27,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-TASKS_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"
+TASKS_DIR = Path(__file__).resolve().parents[1] / "hf" / "lm_eval_tasks"
 """The bundled task YAMLs (passed to the harness as an include path)."""
 
 DEFAULT_TASKS = "ga_smoke"

@@ -9,7 +9,7 @@ import logging
 import time
 from pathlib import Path
 
-from gated_attention.experiments.study import find_study, load_study
+from gated_attention.experiments.study import find_study, load_study, run_study
 
 PRESETS = ("smoke", "quick", "full", "gpu")
 """``--preset NAME`` runs the main study (``configs/studies/sinks.toml``) at that scale."""
@@ -70,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    records = run_all(study, scale, out, args.resume, analyze, not args.no_progress)
-    from gated_attention.experiments.summary import provenance
+    records = run_study(study, scale, out, args.resume, analyze, not args.no_progress)
+    from gated_attention.experiments.reporting import provenance
 
     meta = {
         "study": study.name,
@@ -96,9 +96,3 @@ def run(args: argparse.Namespace) -> int:
         )
     )
     return 0 if ok == len(records) else 1
-
-
-def run_all(study, scale, out, resume, analyze, progress):
-    from gated_attention.experiments.study import run_study
-
-    return run_study(study, scale, out, resume=resume, analyze=analyze, progress=progress)

@@ -76,8 +76,8 @@ def _write(path: Path, data: dict[str, Any]) -> None:
 
 
 def _run_study(args: argparse.Namespace) -> int:
-    from gated_attention.evals.long_context import run_long_context_study
     from gated_attention.evals.scaling import SCALING_MODES
+    from gated_attention.experiments.long_context import run_long_context_study
 
     runs = {}
     for item in args.paths:
@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
         report["results"][mode] = {"scaling": scaling, "result": res}
         print(f"{args.kind} [{mode}] {summary}")
     out = args.out or run_dir / "evals" / f"{args.kind}-{'+'.join(args.scaling)}.json"
-    from gated_attention.evals.report import jsonable
+    from gated_attention.analysis import to_jsonable
 
-    _write(out, jsonable(report))
+    _write(out, to_jsonable(report))
     return 0

@@ -14,19 +14,15 @@ import sys
 
 # (name, module, one-line help)
 COMMANDS: list[tuple[str, str, str]] = [
-    ("data", "gated_attention.data.commands", "prepare the default corpus and tokenizer"),
-    ("train", "gated_attention.train.commands", "train a model from a TOML config"),
-    ("analyze", "gated_attention.analysis.commands", "measure sinks, activations and gates"),
-    ("reproduce", "gated_attention.experiments.commands", "run a study and write its report"),
-    ("eval", "gated_attention.evals.commands", "length extrapolation and retrieval evals"),
-    ("convert", "gated_attention.hf.commands", "convert checkpoints from/to HF formats"),
-    ("export", "gated_attention.train.export_command", "write a run as a transformers model"),
-    ("lm-eval", "gated_attention.hf.lm_eval_command", "run lm-evaluation-harness on a model"),
+    ("data", "gated_attention.cli.data", "prepare the default corpus or your own (shards)"),
+    ("train", "gated_attention.cli.train", "train a model from a TOML config"),
+    ("analyze", "gated_attention.cli.analyze", "measure sinks, activations and gates"),
+    ("reproduce", "gated_attention.cli.reproduce", "run a study and write its report"),
+    ("eval", "gated_attention.cli.eval", "length extrapolation and retrieval evals"),
+    ("convert", "gated_attention.cli.convert", "convert checkpoints from/to HF formats"),
+    ("export", "gated_attention.cli.export", "write a run as a transformers model"),
+    ("lm-eval", "gated_attention.cli.lm_eval", "run lm-evaluation-harness on a model"),
 ]
-
-
-class UserError(Exception):
-    """An error caused by the user's input; printed as one line."""
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -66,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (UserError, ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError) as err:
         print(f"gated-attention {args.command}: error: {err}", file=sys.stderr)
         return 2
 

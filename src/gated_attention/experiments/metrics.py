@@ -1,0 +1,120 @@
+"""Typed per-run metrics: what tables, verdicts and aggregates read from a study's run records.
+
+Tables name their columns by :class:`RunMetrics` field (:class:`Column`), and aggregates are
+read by field name through :func:`check_metric`, so a misspelt metric fails at import time or
+on first use instead of printing a silent "-".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gated_attention.experiments.study import RunRecord
+
+BACKCOPY_METRICS = ("bos_other", "bos_trigger", "gate_other", "gate_trigger", "effective_bos_other")
+"""Metrics of the backcopy split, measured only on backcopy tasks (and the gate ones only for
+gated arms): left out of aggregates where a run did not measure them."""
+
+
+@dataclass(frozen=True)
+class RunMetrics:
+    """The flat metrics of one run (``None``: not measured)."""
+
+    val_loss: float | None = None
+    val_ppl: float | None = None
+    f_attn: float | None = None
+    causal_floor: float | None = None
+    f_attn_ratio_to_floor: float | None = None
+    sink_rate: float | None = None
+    m_act: float | None = None
+    max_abs: float | None = None
+    """Largest residual-stream activation over layers."""
+    gate_mean: float | None = None
+    gate_share_below: float | None = None
+    z_before: float | None = None
+    z_after: float | None = None
+    max_attention_logit: float | None = None
+    spike_score: float | None = None
+    params: int | None = None
+    gate_params: int | None = None
+    seconds: float | None = None
+    bos_other: float | None = None
+    """Backcopy split: the largest layer mean of BOS attention on non-trigger queries."""
+    bos_trigger: float | None = None
+    gate_other: float | None = None
+    """Backcopy split: the lowest layer mean gate on non-trigger queries."""
+    gate_trigger: float | None = None
+    effective_bos_other: float | None = None
+
+    @classmethod
+    def from_record(cls, rec: RunRecord) -> RunMetrics:
+        """The metrics of a run from its training result and its analysis."""
+        a = rec.analysis or {}
+        s = a.get("summary", {})
+        params = rec.result.get("parameters") or {}
+        massive = a.get("report", {}).get("massive", {}).get("max_abs_per_layer")
+        split: dict[str, float] = {}
+        bc = a.get("backcopy")
+        if bc:
+            layers = bc["per_layer"]
+            split["bos_other"] = max(x["bos_attention_other"] or 0 for x in layers)
+            split["bos_trigger"] = max(x["bos_attention_trigger"] or 0 for x in layers)
+            if layers and "gate_other" in layers[0]:
+                split["gate_other"] = min(x["gate_other"] for x in layers)
+                split["gate_trigger"] = max(x["gate_trigger"] for x in layers)
+                split["effective_bos_other"] = max(x["effective_bos_other"] for x in layers)
+        return cls(
+            val_loss=a.get("val_loss"),
+            val_ppl=a.get("val_ppl"),
+            f_attn=s.get("f_attn"),
+            causal_floor=s.get("causal_floor"),
+            f_attn_ratio_to_floor=s.get("f_attn_ratio_to_floor"),
+            sink_rate=s.get("sink_rate"),
+            m_act=s.get("m_act"),
+            max_abs=max(massive or [0]) if a else None,
+            gate_mean=s.get("gate_mean"),
+            gate_share_below=s.get("gate_share_below"),
+            z_before=s.get("mean_abs_z_before"),
+            z_after=s.get("mean_abs_z_after"),
+            max_attention_logit=a.get("max_attention_logit"),
+            spike_score=rec.result.get("spike_score"),
+            params=params.get("total"),
+            gate_params=params.get("gate"),
+            seconds=rec.seconds,
+            **split,
+        )
+
+    def measured(self) -> dict[str, float | None]:
+        """Every field by name, without the backcopy-split ones this run did not measure."""
+        return {
+            k: v
+            for k, v in dataclasses.asdict(self).items()
+            if v is not None or k not in BACKCOPY_METRICS
+        }
+
+
+METRICS = tuple(f.name for f in dataclasses.fields(RunMetrics))
+
+
+def check_metric(name: str) -> str:
+    """``name`` when it is a :class:`RunMetrics` field, else a ``ValueError`` naming the fix."""
+    if name not in METRICS:
+        close = difflib.get_close_matches(name, METRICS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown metric {name!r}.{hint} Valid: {', '.join(METRICS)}.")
+    return name
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column: a :class:`RunMetrics` field and its header (checked when built)."""
+
+    metric: str
+    header: str
+
+    def __post_init__(self) -> None:
+        check_metric(self.metric)
