@@ -1253,6 +1253,10 @@ SCALE_CONFIG = Path(__file__).parents[1] / "configs" / "gpu-125m.toml"
 SCALE_GATES = ("none", "sdpa-elementwise", "sdpa-headwise")
 """Baseline and the paper's two G1 gates (Table 1 rows 5 and 10)."""
 
+SCALE_VOCAB = 50257
+"""Vocabulary of the scale section: GPT-2's tokenizer, which the README's GPU corpus uses (the
+model's vocabulary follows the tokenizer; the config file leaves it to the data)."""
+
 
 def peak_matmul_flops(device: torch.device, tiny: bool) -> float:
     """The device's bf16 matmul throughput (FLOP/s), measured here: the best of several
@@ -1304,9 +1308,12 @@ def section_scale(s: Settings, report: Report) -> None:
     cases: dict[str, Callable[[], None]] = {}
     memory: dict[str, float] = {}
     notes: list[str] = []
-    model_cfg = cfg.model_config(None)
+    model_cfg = cfg.model_config(None if s.tiny else SCALE_VOCAB)
     x, y = batch_for(Shape("scale", micro, seq), model_cfg.vocab_size, s.device)
-    fwd_flops, _ = matmul_flops_per_token(model_cfg, seq)
+    # forward matmul FLOPs per token of each model (the gates add their projection)
+    fwd_flops = {
+        gate: matmul_flops_per_token(model_cfg.replace(gate=gate), seq)[0] for gate in SCALE_GATES
+    }
 
     def add(name: str, make: Callable[[], torch.nn.Module], loss: Callable[..., Loss]) -> None:
         """Build the model, compile it if ``name`` says so, take one step (compiles, creates
@@ -1354,23 +1361,24 @@ def section_scale(s: Settings, report: Report) -> None:
         t = median(ts)
         base = name.replace("sdpa-elementwise", "none").replace("sdpa-headwise", "none")
         overhead = t / median(times[base]) if base in times and base != name else ""
-        mfu = tokens / t * 3 * fwd_flops / peak
+        gate = next((g for g in SCALE_GATES if name.startswith(g)), "none")
+        mfu = tokens / t * 3 * fwd_flops[gate] / peak
         rows.append(
             [name, tokens / t, mfu, overhead, memory[name] * gb if name in memory else "n/a"]
         )
         if name.startswith("sdpa-"):
             report.ratio(f"gpu-125m step: {name} / {base}", overhead, f"MFU {mfu:.1%}")
     for mode in ("", " compiled"):
-        ours, theirs = f"none{mode}", f"transformers{mode}"
-        if ours in times and theirs in times:
+        mine, theirs = f"none{mode}", f"transformers{mode}"
+        if mine in times and theirs in times:
             report.ratio(
                 f"gpu-125m train tokens/s{mode or ' eager'}: ours / transformers Qwen3",
-                median(times[theirs]) / median(times[ours]),
+                median(times[theirs]) / median(times[mine]),
             )
     device = torch.cuda.get_device_name(s.device) if s.device.type == "cuda" else "CPU (--tiny)"
     report.table(
-        f"Training at gpu-125m ({micro} x {seq} tokens per step{', --tiny' if s.tiny else ''}), "
-        f"{device}",
+        f"Training at gpu-125m ({micro} x {seq} tokens per step, vocabulary "
+        f"{model_cfg.vocab_size}{', --tiny' if s.tiny else ''}), {device}",
         ["model", "tokens/s", "MFU", "step time vs baseline", "peak memory GB"],
         rows,
         f"bf16 autocast, fp32 weights and AdamW as `configs/gpu-125m.toml` trains (one "
