@@ -627,7 +627,7 @@ def loss_peak_bytes(kind: str, shape: tuple[int, int, int], device: torch.device
 
 
 _RSS_SCRIPT = """
-import resource, sys, torch
+import sys, torch
 sys.path.insert(0, {bench!r})
 import run
 kind, shape = sys.argv[1], tuple(int(v) for v in sys.argv[2:5])
@@ -635,22 +635,26 @@ def step(h, w, t):
     with run.autocast("bfloat16", torch.device("cpu")):
         loss = run._loss_fn(kind)(h, w, t)
     loss.backward()
-step(*run._loss_inputs(16, shape[1], 256, torch.device("cpu")))  # loads the kernels' code
+    h.grad = w.grad = None
+def status(key):  # kB
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
 h, w, t = run._loss_inputs(*shape, torch.device("cpu"))
-def rss():
-    return int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
-base = rss()
+step(h, w, t)  # first use: kernels' code and caches
+open("/proc/self/clear_refs", "w").write("5")  # resets the peak resident size (VmHWM)
+base = status("VmRSS")
 step(h, w, t)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 inputs = sum(x.numel() * x.element_size() for x in (h, w, t))
-print(peak - base + inputs)
+print(status("VmHWM") - base + inputs)
 """
 
 
 def loss_rss_check(kind: str, shape: tuple[int, int, int]) -> float:
-    """Measured peak RSS of one real CPU forward + backward at ``shape`` in a fresh process
-    (after a tiny warm-up step has loaded the kernels' code), less its resident size before the
-    step, plus the inputs: the quantity :func:`loss_peak_bytes` tracks."""
+    """Measured peak RSS of one real CPU forward + backward at ``shape`` in a fresh process (the
+    second step: the first loads kernels and caches; Linux's ``clear_refs`` resets the peak in
+    between), less the resident size before it, plus the inputs: the quantity
+    :func:`loss_peak_bytes` tracks."""
     import subprocess
 
     script = _RSS_SCRIPT.format(bench=str(Path(__file__).parent))
