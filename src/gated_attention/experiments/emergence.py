@@ -15,10 +15,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gated_attention.analysis import plot_loss_curves
 from gated_attention.experiments.analyze_run import run_history
 from gated_attention.experiments.metrics import Column
-from gated_attention.experiments.reporting import finish_report, fmt, fmt_ms, image, table
+from gated_attention.experiments.reporting import (
+    finish_report,
+    fmt,
+    fmt_ms,
+    image,
+    probe_figures,
+    table,
+)
 from gated_attention.experiments.stats import Aggregate, aggregate, effect, mean_of, values_of
 from gated_attention.experiments.study import RunRecord, Study
 
@@ -37,13 +43,6 @@ COLUMNS = (
     Column("tokens_to_2x", "tokens to 2x"),
 )
 """The factor table: the last training-time probe of each arm (mean ± std over seeds)."""
-
-CURVES = (
-    ("f_attn_ratio", "first-token mass / causal floor", (1.0, "causal floor")),
-    ("sink_rate", "sink rate (eps 0.3)", None),
-    ("m_act_blocks", "M-Act of what the blocks wrote", None),
-)
-"""Probe keys plotted against tokens seen: (key, y label, reference line)."""
 
 
 def analyze(run_dir: Path, task: str, cfg: Any) -> dict[str, Any]:
@@ -156,34 +155,6 @@ def verdicts(study: Study, scale: str, agg: Aggregate, task: str, ref: str) -> l
     return lines
 
 
-def _plots(records: list[RunRecord], task: str, out_dir: Path) -> list[Path]:
-    """One figure per probe curve: every arm's first seed against tokens seen."""
-    first: dict[str, RunRecord] = {}
-    for rec in records:
-        if rec.task == task and rec.status == "ok" and rec.arm not in first:
-            first[rec.arm] = rec
-    figs = []
-    for key, label, hline in CURVES:
-        curves = {
-            arm: [(p["tokens"], p[key]) for p in rec.analysis.get("probes", []) if key in p]
-            for arm, rec in first.items()
-        }
-        curves = {arm: pts for arm, pts in curves.items() if pts}
-        if not curves:
-            continue
-        figs.append(
-            plot_loss_curves(
-                curves,
-                out_dir / "plots" / f"{task}_{key}.png",
-                title=f"{task}: {label} while training",
-                xlabel="tokens seen",
-                ylabel=label,
-                hline=hline,
-            )
-        )
-    return figs
-
-
 def write_report(
     study: Study, scale: str, records: list[RunRecord], out_dir: Path, meta: dict[str, Any]
 ) -> Path:
@@ -224,7 +195,7 @@ def write_report(
             "spread, (noise) when not; no call with one seed. Definitions: docs/sinks.md.",
             "",
         ]
-        for fig in _plots(records, task, out_dir):
+        for fig in probe_figures(records, task, out_dir):
             lines += [image(fig, out_dir), ""]
     results = {"study": study.name, "scale": scale, "aggregate": agg, "verdicts": all_verdicts}
     return finish_report(out_dir, lines, results, records, meta, drop=("probes",))
