@@ -75,6 +75,9 @@ def test_probe_records_every_interval_and_before_the_first_step(probed_run):
     assert p["m_act"] == pytest.approx(sum(p["resid_max_layers"]) / layers)
     assert 0 <= p["sink_rate"] <= 1 and 0 <= p["sink_rate_short"] <= 1
     assert 0 < p["gate_mean"] < 1 and p["probe_seconds"] > 0
+    # a sigmoid gate only lets part of token 0's share through
+    assert 0 < p["f_attn_gated"] < p["f_attn"]
+    assert len(p["f_attn_gated_layers"]) == layers
     token, channel = p["embed_max_where"]
     assert 0 <= token < 80 and 0 <= channel < 32
 

@@ -291,14 +291,19 @@ def plot_loss_curves(
     title: str = "Training loss",
     smooth: int = 1,
     log_y: bool = False,
+    xlabel: str = "step",
+    ylabel: str = "loss",
+    hline: tuple[float, str] | None = None,
 ) -> Path:
-    """Loss against step for each arm; ``smooth`` > 1 overlays a moving average.
+    """Loss against step for each arm (or any curve: ``xlabel``/``ylabel``, e.g. a sink metric
+    against tokens seen); ``smooth`` > 1 overlays a moving average.
 
     Args:
-        curves: ``{arm: [(step, loss), ...]}``.
+        curves: ``{arm: [(x, y), ...]}``.
         path: output PNG.
         smooth: moving-average window (the raw curve is drawn faintly beneath it).
-        log_y: log-scale the loss axis.
+        log_y: log-scale the y axis.
+        hline: ``(y, label)`` of a dashed reference line (e.g. the causal floor).
     """
     if not curves:
         raise ValueError("plot_loss_curves: no curves given")
@@ -312,9 +317,11 @@ def plot_loss_curves(
             ax.plot(steps[smooth - 1 :], _smooth(loss, smooth), color=line.get_color(), label=arm)
         else:
             ax.plot(steps, loss, label=arm)
+    if hline is not None:
+        ax.axhline(hline[0], linestyle="--", color="gray", label=hline[1])
     if log_y:
         ax.set_yscale("log")
-    ax.set(xlabel="step", ylabel="loss", title=title)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.legend()
     ax.grid(alpha=0.3)
     return save_figure(fig, path)

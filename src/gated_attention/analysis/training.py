@@ -15,14 +15,16 @@ training run is the same with or without it.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from gated_attention.analysis.attention import key_mass_from_qk
 from gated_attention.analysis.probe import capture_hooks, capture_model
 from gated_attention.analysis.report import analyze_captured
-from gated_attention.train.callbacks import TrainerCallback
+from gated_attention.train.callbacks import TrainerCallback, read_metrics
 
 if TYPE_CHECKING:
     from gated_attention.train.trainer import Trainer
@@ -60,7 +62,9 @@ def probe_metrics(
       before the first block), reported apart because large embeddings are not the spikes the
       paper means; ``spike_max_layers`` the largest ``|h_l - h_embed|`` per layer (what the blocks
       wrote) and ``m_act_blocks`` its mean.
-    - ``gate_mean``, ``gate_mean_layers``: mean gate score (only for gated models).
+    - ``gate_mean``, ``gate_mean_layers``: mean gate score (only for gated models);
+      ``f_attn_gated``, ``f_attn_gated_layers``: with a G1 gate, the first-token mass weighted by
+      the head's mean gate score for each query (how much of token 0 reaches the output).
     """
     with capture_hooks(model, ["layers.0.hook_resid_pre"]) as store:
         captured = capture_model(model, input_ids)
@@ -96,6 +100,21 @@ def probe_metrics(
     if report.gates is not None:
         out["gate_mean"] = report.gates.mean
         out["gate_mean_layers"] = report.gates.per_layer_mean
+        if captured.z_before is not None:  # a G1 gate: what reaches the output from token 0
+            out["f_attn_gated_layers"] = _gated_first_token_mass(captured)
+            out["f_attn_gated"] = sum(out["f_attn_gated_layers"]) / captured.n_layers
+    return out
+
+
+def _gated_first_token_mass(captured: Any) -> list[float]:
+    """Per layer, the attention on token 0 times the head's mean G1 gate score for that query,
+    averaged over queries and heads: the share of token 0 that reaches the output."""
+    norms = captured.normalizers or [None] * captured.n_layers
+    out = []
+    for q, k, gate, norm in zip(captured.q, captured.k, captured.gate_scores, norms):
+        p0 = key_mass_from_qk(q, k, 0, captured.scale, normalizer=norm)  # (B, H, T)
+        g = gate.mean(dim=-1).permute(0, 2, 1)  # (B, T, H) -> (B, H, T)
+        out.append(float((p0 * g).mean()))
     return out
 
 
@@ -149,3 +168,56 @@ class SinkProbe(TrainerCallback):
             for probe in self.pending:
                 trainer.metrics.write(probe)
         self.pending.clear()
+
+
+def read_probes(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The probe records a :class:`SinkProbe` wrote to ``run_dir/metrics.jsonl`` (may be [])."""
+    path = Path(run_dir) / "metrics.jsonl"
+    return read_metrics(path, "probe") if path.exists() else []
+
+
+def emergence(probes: list[dict[str, Any]], target: float = 2.0) -> dict[str, Any]:
+    """How far and how fast a run's first-token mass rose above its causal floor.
+
+    From the probe records (in step order): the last probe's ``f_attn_ratio``, its largest
+    per-layer ratio (``ratio_max_layer``), ``sink_rate``, ``sink_rate_short``, ``alpha_max``,
+    ``m_act``, ``m_act_blocks`` and ``embed_max``; ``slope``, the least-squares slope of the ratio
+    against tokens over the second half of the run (per million tokens); and ``tokens_to_target``:
+    the first tokens seen at which the ratio reached ``target``, else a linear extrapolation of
+    that slope (``None`` when the ratio is not rising). The extrapolation is a rough guide: sinks
+    need not grow linearly.
+    """
+    if not probes:
+        return {}
+    last = probes[-1]
+    floor = last["causal_floor"]
+    out = {k: last.get(k) for k in _EMERGENCE_KEYS}
+    out["tokens"] = last["tokens"]
+    out["ratio_max_layer"] = max(last["f_attn_layers"]) / floor
+    tail = probes[len(probes) // 2 :]
+    x = [p["tokens"] / 1e6 for p in tail]
+    y = [p["f_attn_ratio"] for p in tail]
+    slope = None
+    if len(tail) >= 2 and max(x) > min(x):
+        mx, my = sum(x) / len(x), sum(y) / len(y)
+        slope = sum((a - mx) * (b - my) for a, b in zip(x, y)) / sum((a - mx) ** 2 for a in x)
+    out["slope"] = slope
+    reached = next((p["tokens"] for p in probes if p["f_attn_ratio"] >= target), None)
+    if reached is None and slope is not None and slope > 0:
+        reached = last["tokens"] + (target - last["f_attn_ratio"]) / slope * 1e6
+    out["tokens_to_target"] = reached
+    out["target"] = target
+    return out
+
+
+_EMERGENCE_KEYS = (
+    "f_attn_ratio",
+    "sink_rate",
+    "sink_rate_short",
+    "alpha_max",
+    "m_act",
+    "m_act_blocks",
+    "embed_max",
+    "gate_mean",
+    "f_attn_gated",
+)

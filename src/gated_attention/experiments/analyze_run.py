@@ -17,6 +17,7 @@ from gated_attention.analysis import (
     key_mass_from_qk,
 )
 from gated_attention.analysis.probe import capture_model
+from gated_attention.analysis.training import emergence, read_probes
 from gated_attention.train import load_model, read_metrics
 from gated_attention.train.config import RunConfig
 from gated_attention.train.datasets import build_data
@@ -57,16 +58,29 @@ def analyze_run(
         "max_attention_logit": _max_attention_logit(captured.q, captured.k, captured.scale),
         "analysis_tokens": int(ids.numel()),
     }
-    evals = read_metrics(run_dir / "metrics.jsonl", "eval")
-    if evals:
-        out["val_loss"] = evals[-1]["val_loss"]
-        out["val_ppl"] = math.exp(min(evals[-1]["val_loss"], 50))
-    train_records = read_metrics(run_dir / "metrics.jsonl", "train")
-    out["loss_curve"] = [(r["step"], r["loss"]) for r in train_records]
+    out.update(run_history(run_dir))
     if trigger is not None:
         out["backcopy"] = _backcopy_split(captured, trigger, data.task)
     if keep_maps:
         out["maps"] = _attention_maps(captured, map_tokens)
+    return out
+
+
+def run_history(run_dir: str | Path) -> dict[str, Any]:
+    """What a run logged while training: the last validation loss and perplexity, the loss
+    curve and, when a :class:`~gated_attention.analysis.training.SinkProbe` ran, its probe
+    records and their :func:`~gated_attention.analysis.training.emergence` summary."""
+    path = Path(run_dir) / "metrics.jsonl"
+    out: dict[str, Any] = {}
+    evals = read_metrics(path, "eval")
+    if evals:
+        out["val_loss"] = evals[-1]["val_loss"]
+        out["val_ppl"] = math.exp(min(evals[-1]["val_loss"], 50))
+    out["loss_curve"] = [(r["step"], r["loss"]) for r in read_metrics(path)]
+    probes = read_probes(run_dir)
+    if probes:
+        out["probes"] = probes
+        out["emergence"] = emergence(probes)
     return out
 
 

@@ -49,6 +49,26 @@ class RunMetrics:
     """Backcopy split: the lowest layer mean gate on non-trigger queries."""
     gate_trigger: float | None = None
     effective_bos_other: float | None = None
+    tokens: int | None = None
+    """Training tokens seen at the last training-time probe (``analysis.training``)."""
+    probe_ratio: float | None = None
+    """Last probe: first-token mass over the causal floor, on the held-out probe batch."""
+    ratio_max_layer: float | None = None
+    """Last probe: the largest per-layer first-token mass over the floor."""
+    sink_rate_short: float | None = None
+    """Last probe: the sink rate on the first 64 tokens (Gu et al.'s T = 64)."""
+    alpha_max: float | None = None
+    """Last probe: the largest per-head alpha_1 (mean attention on token 0)."""
+    m_act_blocks: float | None = None
+    """Last probe: mean over layers of the largest |h_l - h_embed| (what the blocks wrote)."""
+    embed_max: float | None = None
+    """Last probe: the largest |h| of the token embeddings."""
+    f_attn_gated: float | None = None
+    """Last probe (G1 gates): first-token mass weighted by the head's gate score."""
+    ratio_slope: float | None = None
+    """Slope of the probe ratio against tokens over the second half of the run, per 1M tokens."""
+    tokens_to_2x: float | None = None
+    """Tokens at which the probe ratio reached 2 (or a linear extrapolation to it)."""
 
     @classmethod
     def from_record(cls, rec: RunRecord) -> RunMetrics:
@@ -67,7 +87,18 @@ class RunMetrics:
                 split["gate_other"] = min(x["gate_other"] for x in layers)
                 split["gate_trigger"] = max(x["gate_trigger"] for x in layers)
                 split["effective_bos_other"] = max(x["effective_bos_other"] for x in layers)
+        e = a.get("emergence") or {}
         return cls(
+            tokens=e.get("tokens"),
+            probe_ratio=e.get("f_attn_ratio"),
+            ratio_max_layer=e.get("ratio_max_layer"),
+            sink_rate_short=e.get("sink_rate_short"),
+            alpha_max=e.get("alpha_max"),
+            m_act_blocks=e.get("m_act_blocks"),
+            embed_max=e.get("embed_max"),
+            ratio_slope=e.get("slope"),
+            f_attn_gated=e.get("f_attn_gated"),
+            tokens_to_2x=e.get("tokens_to_target") if e.get("target") == 2.0 else None,
             val_loss=a.get("val_loss"),
             val_ppl=a.get("val_ppl"),
             f_attn=s.get("f_attn"),

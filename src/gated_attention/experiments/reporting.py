@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gated_attention.analysis import to_jsonable
-from gated_attention.analysis.plots import figure, save_figure
+from gated_attention.analysis.plots import figure, plot_loss_curves, save_figure
 
 if TYPE_CHECKING:
     from gated_attention.experiments.study import RunRecord
@@ -26,6 +26,7 @@ __all__ = [
     "fmt_ms",
     "fmt_pct",
     "image",
+    "probe_figures",
     "provenance",
     "report_footer",
     "runs_json",
@@ -83,6 +84,39 @@ def image(path: str | Path, out_dir: Path) -> str:
     """A markdown image of a figure, linked relative to the report in ``out_dir``."""
     rel = Path(path).relative_to(out_dir)
     return f"![{rel.stem}]({rel.as_posix()})"
+
+
+PROBE_CURVES = (
+    ("f_attn_ratio", "first-token mass / causal floor", (1.0, "causal floor")),
+    ("sink_rate", "sink rate (eps 0.3)", None),
+    ("m_act_blocks", "M-Act of what the blocks wrote", None),
+)
+"""Training-time probe keys plotted against tokens seen: (key, y label, reference line)."""
+
+
+def probe_figures(records: list[RunRecord], task: str, out_dir: Path) -> list[Path]:
+    """One figure per :data:`PROBE_CURVES` entry: the training-time probe of every arm's first
+    seed against tokens seen (``plots/<task>_<key>.png``; none when no run was probed)."""
+    first: dict[str, RunRecord] = {}
+    for rec in records:
+        if rec.task == task and rec.status == "ok" and rec.arm not in first:
+            first[rec.arm] = rec
+    figs = []
+    for key, label, hline in PROBE_CURVES:
+        curves = {
+            arm: [(p["tokens"], p[key]) for p in rec.analysis.get("probes", []) if key in p]
+            for arm, rec in first.items()
+        }
+        curves = {arm: pts for arm, pts in curves.items() if pts}
+        if curves:
+            path = out_dir / "plots" / f"{task}_{key}.png"
+            title = f"{task}: {label} while training"
+            figs.append(
+                plot_loss_curves(
+                    curves, path, title=title, xlabel="tokens seen", ylabel=label, hline=hline
+                )
+            )
+    return figs
 
 
 def runs_json(records: list[RunRecord], drop: Sequence[str] = ("maps", "report")) -> list[dict]:

@@ -10,6 +10,7 @@ REPORTS = {
     "variants": "variants",
     "stability": "stability",
     "long-context": "long_context",
+    "sink-emergence": "emergence",
 }
 """Report name -> the module under ``gated_attention.experiments`` that writes it."""
 

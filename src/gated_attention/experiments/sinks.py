@@ -17,7 +17,15 @@ from gated_attention.analysis import (
 )
 from gated_attention.experiments.metrics import Column
 from gated_attention.experiments.paper import TABLE4
-from gated_attention.experiments.reporting import finish_report, fmt, fmt_g, fmt_ms, image, table
+from gated_attention.experiments.reporting import (
+    finish_report,
+    fmt,
+    fmt_g,
+    fmt_ms,
+    image,
+    probe_figures,
+    table,
+)
 from gated_attention.experiments.stats import Aggregate, aggregate, effect, mean_of, stat, values_of
 from gated_attention.experiments.study import RunRecord, Study
 
@@ -27,9 +35,12 @@ COLUMNS = (
     Column("f_attn", "F-Attn"),
     Column("f_attn_ratio_to_floor", "F-Attn / floor"),
     Column("sink_rate", "sink rate"),
+    Column("sink_rate_short", "sink rate (64)"),
     Column("m_act", "M-Act"),
+    Column("m_act_blocks", "M-Act (blocks)"),
     Column("gate_mean", "gate mean"),
     Column("gate_share_below", "gate < 0.1"),
+    Column("f_attn_gated", "gate-weighted F-Attn"),
 )
 """The metrics of the summary table."""
 
@@ -45,12 +56,16 @@ def verdicts(study: Study, agg: Aggregate, baseline: str = "baseline") -> list[s
         ratio = mean_of(agg, task, baseline, "f_attn_ratio_to_floor")
         f_base = mean_of(agg, task, baseline, "f_attn")
         floor = mean_of(agg, task, baseline, "causal_floor")
+        n = len(values_of(agg, task, baseline, "f_attn"))
+        spread = f"mean ± std over {n} seeds: " if n > 1 else ""
+        rates = _sink_rates(agg, task, baseline)
         if ratio is not None:
             if ratio >= 2.0:
                 lines.append(
                     f"**{task}**: the baseline formed an attention sink: first-token mass "
-                    f"{fmt(f_base)} is {ratio:.1f}x the causal floor {fmt(floor)} "
-                    f"(paper's baseline: {TABLE4['none']['f_attn']})."
+                    f"{_ms(agg, task, baseline, 'f_attn')} is {ratio:.1f}x the causal floor "
+                    f"{fmt(floor)} ({spread}ratio {_ms(agg, task, baseline, 'f_attn_ratio_to_floor', 2)}"
+                    f"{rates}; paper's baseline: {TABLE4['none']['f_attn']})."
                 )
             elif ratio >= 1.3:
                 lines.append(
@@ -79,20 +94,29 @@ def verdicts(study: Study, agg: Aggregate, baseline: str = "baseline") -> list[s
                 continue
             parts = []
             f_arm = mean_of(agg, task, arm, "f_attn")
+            r_arm = mean_of(agg, task, arm, "f_attn_ratio_to_floor")
             if f_base and f_arm is not None and ratio is not None and ratio >= 1.3:
                 parts.append(
-                    f"first-token mass {fmt(f_arm)} vs {fmt(f_base)} "
-                    f"({f_base / max(f_arm, 1e-9):.1f}x lower)"
+                    f"first-token mass {_ms(agg, task, arm, 'f_attn')} ({r_arm:.1f}x the floor"
+                    f"{', within 1.3x of it' if r_arm <= 1.3 else ''}) vs {fmt(f_base)}, "
+                    f"{f_base / max(f_arm, 1e-9):.1f}x lower{_sink_rates(agg, task, arm)}"
                     if f_arm < f_base
                     else f"first-token mass {fmt(f_arm)} is not below the baseline's {fmt(f_base)}"
                 )
-            m_arm, m_base = mean_of(agg, task, arm, "m_act"), mean_of(agg, task, baseline, "m_act")
+            f_gated = mean_of(agg, task, arm, "f_attn_gated")
+            if f_gated is not None:
+                parts.append(f"gate-weighted first-token mass {fmt(f_gated)}")
+            # Residual spikes: what the blocks wrote when the probe measured it (embeddings
+            # apart), else the paper's M-Act over the whole residual stream.
+            key = "m_act_blocks" if mean_of(agg, task, arm, "m_act_blocks") else "m_act"
+            name = "M-Act of the blocks' writes" if key == "m_act_blocks" else "M-Act"
+            m_arm, m_base = mean_of(agg, task, arm, key), mean_of(agg, task, baseline, key)
             if m_arm is not None and m_base:
                 if m_arm < m_base:
                     change = f"{m_base / max(m_arm, 1e-9):.1f}x smaller"
                 else:
                     change = f"{m_arm / m_base:.2f}x the baseline's: not smaller"
-                parts.append(f"M-Act {fmt(m_arm)} vs {fmt(m_base)} ({change})")
+                parts.append(f"{name} {fmt(m_arm)} vs {fmt(m_base)} ({change})")
             diff, real, how = effect(
                 values_of(agg, task, baseline, "val_loss"), values_of(agg, task, arm, "val_loss")
             )
@@ -126,6 +150,19 @@ def verdicts(study: Study, agg: Aggregate, baseline: str = "baseline") -> list[s
                 )
             lines.append(f"- {arm}: " + "; ".join(parts) + ".")
     return lines
+
+
+def _ms(agg: Aggregate, task: str, arm: str, metric: str, digits: int = 3) -> str:
+    e = stat(agg, task, arm, metric)
+    return fmt_ms(e.get("mean"), e.get("std"), digits)
+
+
+def _sink_rates(agg: Aggregate, task: str, arm: str) -> str:
+    """``, sink rate X (Y on 64 tokens)`` from the analysis and the training-time probe."""
+    rate, short = mean_of(agg, task, arm, "sink_rate"), mean_of(agg, task, arm, "sink_rate_short")
+    if rate is None:
+        return ""
+    return f", sink rate {fmt(rate, 2)}" + (f" ({fmt(short, 2)} on 64 tokens)" if short else "")
 
 
 def _table(study: Study, agg: Aggregate, task: str) -> list[str]:
@@ -205,6 +242,7 @@ def _plots(records: list[RunRecord], out_dir: Path) -> dict[str, list[Path]]:
                     title=f"{task}: head-averaged attention, first sequence",
                 )
             )
+        out += probe_figures(records, task, out_dir)
         curves = {
             arm: [tuple(x) for x in rec.analysis.get("loss_curve", [])] for arm, rec in arms.items()
         }
@@ -281,7 +319,11 @@ def write_report(
             "F-Attn: attention on the first token averaged over queries, heads and layers; floor: "
             "H_T/T of a uniform causal head. Sink rate: share of (layer, head) pairs with alpha_1 > "
             "0.3 (Gu et al.). M-Act: mean over layers of the largest |h| in the residual stream. "
-            "Values are mean ± std over seeds.",
+            "From the training-time probe's last measurement (when the task is probed): the sink "
+            "rate on the first 64 tokens, M-Act (blocks), the mean over layers of the largest "
+            "|h_l - h_embed| (what the blocks wrote, without the token embeddings), and the "
+            "gate-weighted F-Attn (attention on token 0 times the head's gate). Values are mean "
+            "± std over seeds; definitions in docs/sinks.md.",
             "",
         ]
         bc = _backcopy_table(records, task)

@@ -37,6 +37,9 @@ Optional keys (all off by default, so older studies read the same):
   ``a`` runs as ``a@lr0.001``, ``a@lr0.002``, ... (``Arm.base`` and ``Arm.lr`` record it).
 - ``arms`` of a scale may be a table ``{task = [arm names]}``: a per-task subset (a task not
   listed runs every arm, an empty list skips it at that scale).
+- ``probe = { every = 50, batch_size = 8 }`` in a task: the training-time sink probe
+  (``gated_attention.analysis.training.SinkProbe``) logs sinks, residual spikes and gates to
+  each run's ``metrics.jsonl`` every ``every`` steps.
 
 Finished runs are skipped on ``--resume`` (their ``analysis.json`` is reused); a failing arm is
 recorded with its error and the study goes on.
@@ -90,7 +93,7 @@ ARM_KEYS = (
     "equal_params",
 )
 SCALE_KEYS = ("seeds", "tasks", "analysis", "arms", "description", "lrs")
-TASK_META_KEYS = ("description", "equal_params")
+TASK_META_KEYS = ("description", "equal_params", "probe")
 """Task keys that describe how to build runs rather than run-config sections."""
 
 
@@ -225,6 +228,11 @@ class Study:
         cfg.setdefault("train", {}).setdefault("progress", False)
         return cfg
 
+    def probe(self, task: str, scale: str) -> dict[str, Any] | None:
+        """The task's training-time sink probe settings at ``scale`` (``None``: no probe)."""
+        spec = deep_merge(self.tasks[task], self.scale(scale).get("tasks", {}).get(task, {}))
+        return spec.get("probe")
+
     def _raw_config(self, task: str, arm: Arm, scale: str) -> dict[str, Any]:
         base = {k: v for k, v in self.tasks[task].items() if k not in TASK_META_KEYS}
         over = self.scale(scale).get("tasks", {}).get(task, {})
@@ -343,7 +351,20 @@ def study_from_dict(data: dict[str, Any], source: Path | None = None) -> Study:
                     raise ValueError(
                         f"task {task!r}, arm {arm.name!r}, scale {scale!r}: {err}"
                     ) from None
+            _sink_probe(study.probe(task, scale), f"task {task!r}, scale {scale!r}")
     return study
+
+
+def _sink_probe(settings: dict[str, Any] | None, where: str) -> list[Any] | None:
+    """A task's ``probe = {every = N, batch_size = B, eps = 0.3}`` as trainer callbacks."""
+    if settings is None:
+        return None
+    from gated_attention.analysis.training import SinkProbe
+
+    if not isinstance(settings, dict):
+        raise ValueError(f"{where}: probe must be a table such as {{ every = 50 }}")
+    _check_keys(settings, ("every", "batch_size", "eps"), f"{where} probe")
+    return [SinkProbe(**settings)]
 
 
 def _check_matching(arms: list[Arm], tasks: dict[str, Any]) -> None:
@@ -448,7 +469,8 @@ def run_study(
         try:
             cfg = RunConfig.from_dict(raw)
             try:
-                result = train(cfg, resume=resume).to_dict()
+                probe = _sink_probe(study.probe(task, scale), f"task {task!r}")
+                result = train(cfg, resume=resume, callbacks=probe).to_dict()
                 status = "ok" if result.get("diverged_at") is None else "diverged"
             except TrainingDiverged as err:
                 result, status = {"diverged": str(err)}, "diverged"
