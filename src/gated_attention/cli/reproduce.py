@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--preset",
         choices=PRESETS,
         help="the main sinks study at this scale (smoke < 1 min, quick <= 15 min "
-        "on 2 CPU cores, full: 3 seeds and longer runs, gpu: ~100M models)",
+        "on 2 CPU cores, full: 3 seeds, gpu: ~100M models)",
     )
     which.add_argument("--study", help="a study TOML file or name in configs/studies")
     parser.add_argument("--scale", choices=PRESETS, help="scale of --study (default quick)")
