@@ -1091,3 +1091,42 @@ def test_dry_run_out_is_checked(tmp_path, capsys) -> None:
     assert main(["train", "--config", str(cfg), "--dry-run", "--out", str(tmp_path / "afile")]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "afile" in lines[0]
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A read-only tmpfs (needs the right to mount; skipped elsewhere)."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a read-only tmpfs here")
+    yield ro
+    subprocess.run(["umount", str(ro)], check=True)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        lambda s, ro: ["train", "--config", str(s["cfg"]), "--out", str(ro / "run")],
+        lambda s, ro: ["analyze", str(s["run"]), "--out", str(ro / "a")],
+        lambda s, ro: ["eval", str(s["run"]), "--out", str(ro / "r.json")],
+        lambda s, ro: ["reproduce", "--preset", "smoke", "--out", str(ro / "s")],
+        lambda s, ro: ["export", str(s["run"]), str(ro / "e")],
+    ],
+    ids=["train", "analyze", "eval", "reproduce", "export"],
+)
+def test_read_only_output_is_one_line(argv, shared, read_only_dir, capsys) -> None:
+    assert main(argv(shared, read_only_dir)) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "read-only" in lines[0] and str(read_only_dir) in lines[0]
+
+
+@pytest.mark.slow
+def test_lm_eval_unknown_task_is_one_line(shared, capsys) -> None:
+    pytest.importorskip("lm_eval")
+    assert main(["lm-eval", str(shared["hf"]), "--tasks", "hellaswg"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "unknown task 'hellaswg'" in lines[0] and "hellaswag" in lines[0]

@@ -42,14 +42,16 @@ def check_writable(
         probe = probe.parent
     if not probe.is_dir():
         raise OutputError(f"{what} {path} is under {probe}, which is a file; choose another {what}")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise OutputError(f"{what} {path}: {probe} is not writable; choose another {what}")
     try:
-        st = os.statvfs(probe)
+        read_only = bool(os.statvfs(probe).f_flag & os.ST_RDONLY)
     except OSError:  # pragma: no cover - exotic file systems
-        return path
-    if st.f_flag & os.ST_RDONLY:
+        read_only = False
+    if read_only:
         raise OutputError(f"{what} {path} is on a read-only file system; choose another {what}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputError(
+            f"{what} {path}: {probe} is not writable (permissions); choose another {what}"
+        )
     return path
 
 
