@@ -83,11 +83,14 @@ def shared(tmp_path_factory) -> dict[str, Path]:
     (study / "task" / "arm" / "seed0").mkdir(parents=True)
     (study / "task" / "arm" / "seed0" / "record.json").write_text('{"status": "ok"}')
     (study / "report.md").write_text("# report\n")
+    shutil.copytree(root / "hf", root / "hf_tok")
+    shutil.copy(root / "tok" / "tokenizer.json", root / "hf_tok" / "tokenizer.json")
     return {
         "root": root,
         "cfg": cfg,
         "run": root / "run",
         "hf": root / "hf",
+        "hf_tok": root / "hf_tok",
         "tok": root / "tok" / "tokenizer.json",
         "text": root / "text.txt",
         "study": study,
@@ -801,29 +804,32 @@ CASES: list[Case] = [
         "onnx",
     ),
     # ------------------------------------------------------------------ lm-eval
-    Case("lm-eval-dtype", lambda c: ["lm-eval", str(c.hf), "--dtype", "bogus"], "--dtype"),
+    Case("lm-eval-dtype", lambda c: ["lm-eval", str(c.hf_tok), "--dtype", "bogus"], "--dtype"),
     Case("lm-eval-no-config", lambda c: ["lm-eval", str(c.tmp)], "config.json"),
     Case(
         "lm-eval-truncated",
-        lambda c: ["lm-eval", str(c.truncated(c.hf, "hf"))],
+        lambda c: ["lm-eval", str(_hf_with_tokenizer(c, True))],
         "model.safetensors",
     ),
     Case(
         "lm-eval-output-is-dir",
-        lambda c: ["lm-eval", str(c.hf), "--output", str(c.tmp)],
+        lambda c: ["lm-eval", str(c.hf_tok), "--output", str(c.tmp)],
         "--output",
     ),
-    Case("lm-eval-device", lambda c: ["lm-eval", str(c.hf), "--device", "bogus"], "--device"),
+    Case("lm-eval-device", lambda c: ["lm-eval", str(c.hf_tok), "--device", "bogus"], "--device"),
     Case(
-        "lm-eval-batch-size", lambda c: ["lm-eval", str(c.hf), "--batch-size", "x"], "--batch-size"
+        "lm-eval-batch-size",
+        lambda c: ["lm-eval", str(c.hf_tok), "--batch-size", "x"],
+        "--batch-size",
     ),
     Case(
         "lm-eval-include-missing",
-        lambda c: ["lm-eval", str(c.hf), "--include-path", str(c.tmp / "none")],
+        lambda c: ["lm-eval", str(c.hf_tok), "--include-path", str(c.tmp / "none")],
         "none",
     ),
-    Case("lm-eval-tasks-empty", lambda c: ["lm-eval", str(c.hf), "--tasks", ","], "--tasks"),
-    Case("lm-eval-limit", lambda c: ["lm-eval", str(c.hf), "--limit", "0"], "--limit"),
+    Case("lm-eval-tasks-empty", lambda c: ["lm-eval", str(c.hf_tok), "--tasks", ","], "--tasks"),
+    Case("lm-eval-limit", lambda c: ["lm-eval", str(c.hf_tok), "--limit", "0"], "--limit"),
+    Case("lm-eval-no-tokenizer", lambda c: ["lm-eval", str(c.hf)], "tokenizer"),
     # ------------------------------------------------------------------ the command itself
     Case("unknown-command", lambda c: ["bogus"], "bogus"),
 ]
@@ -1127,6 +1133,6 @@ def test_read_only_output_is_one_line(argv, shared, read_only_dir, capsys) -> No
 @pytest.mark.slow
 def test_lm_eval_unknown_task_is_one_line(shared, capsys) -> None:
     pytest.importorskip("lm_eval")
-    assert main(["lm-eval", str(shared["hf"]), "--tasks", "hellaswg"]) == 2
+    assert main(["lm-eval", str(shared["hf_tok"]), "--tasks", "hellaswg"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "unknown task 'hellaswg'" in lines[0] and "hellaswag" in lines[0]

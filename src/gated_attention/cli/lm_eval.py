@@ -135,6 +135,15 @@ def _check_args(args: argparse.Namespace) -> None:
     model = Path(args.model)
     if not (model / "config.json").is_file():
         raise FileNotFoundError(f"{args.model} is not a checkpoint directory (no config.json)")
+    from gated_attention.cli.analyze import HF_TOKENIZER_FILES
+
+    if "tokenizer=" not in args.model_args and not any(
+        (model / f).exists() for f in HF_TOKENIZER_FILES
+    ):
+        raise ValueError(
+            f"{model} has no tokenizer ({', '.join(HF_TOKENIZER_FILES)}); copy the model's "
+            "tokenizer files into it, or pass --model-args tokenizer=DIR"
+        )
     check_safetensors(model)
     if args.limit is not None and args.limit <= 0:
         raise ValueError(f"--limit must be > 0, got {args.limit}")
