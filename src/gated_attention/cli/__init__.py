@@ -119,8 +119,6 @@ def user_message(err: BaseException) -> str:
         text = f"{err.strerror}:{where}" + (f"; {fix}" if fix else "")
     else:
         text = str(err) or type(err).__name__
-        if isinstance(err, KeyError):
-            text = f"unknown key {text}"
         if type(err).__name__ == "OutOfMemoryError" or isinstance(err, MemoryError):
             first = text.splitlines()[0] if text.strip() else "out of memory"
             text = (

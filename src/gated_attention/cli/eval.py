@@ -75,16 +75,20 @@ def _write(path: Path, data: dict[str, Any]) -> None:
     print(f"wrote {path}")
 
 
-def _run_study(args: argparse.Namespace) -> int:
-    from gated_attention.evals.scaling import SCALING_MODES
-    from gated_attention.experiments.long_context import run_long_context_study
-
+def _study_runs(paths: list[str]) -> dict[str, Path]:
     runs = {}
-    for item in args.paths:
+    for item in paths:
         if "=" not in item:
             raise ValueError(f"--kind study expects NAME=RUN_DIR arguments, got {item!r}")
         name, path = item.split("=", 1)
         runs[name] = Path(path)
+    return runs
+
+
+def _run_study(args: argparse.Namespace, runs: dict[str, Path]) -> int:
+    from gated_attention.evals.scaling import SCALING_MODES
+    from gated_attention.experiments.long_context import run_long_context_study
+
     out = args.out or Path("long-context-study")
     results = run_long_context_study(
         runs,
@@ -139,8 +143,9 @@ def run(args: argparse.Namespace) -> int:
 
     _check_args(args)
     if args.kind == "study":
+        runs = _study_runs(args.paths)
         with RunLock(args.out or Path("long-context-study")):
-            return _run_study(args)
+            return _run_study(args, runs)
     if len(args.paths) != 1:
         raise ValueError(f"--kind {args.kind} takes one run directory, got {len(args.paths)}")
     out = (
