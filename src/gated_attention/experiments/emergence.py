@@ -152,6 +152,36 @@ def verdicts(study: Study, scale: str, agg: Aggregate, task: str, ref: str) -> l
     if flat:
         what = "changed it by less than a quarter" if single else "within the seed spread"
         lines.append(f"- {what}: " + "; ".join(t for _, t in sorted(flat, reverse=True)) + ".")
+    lines += _gate_verdicts(study, scale, agg, task, ref)
+    return lines
+
+
+def _gate_verdicts(study: Study, scale: str, agg: Aggregate, task: str, ref: str) -> list[str]:
+    """One line per gated arm: its sink beside the reference's, and what its gates pass on."""
+    lines = []
+    f_ref = mean_of(agg, task, ref, "f_attn")
+    for arm in study.arms_for(scale, task):
+        if arm.gate == "none" or arm.name not in agg.get(task, {}):
+            continue
+        r = mean_of(agg, task, arm.name, "probe_ratio")
+        if r is None:
+            continue
+        f = mean_of(agg, task, arm.name, "f_attn")
+        gated = mean_of(agg, task, arm.name, "f_attn_gated")
+        state = "no sink" if r < 1.3 else ("a weak sink" if r < 2 else "a sink")
+        passes = (
+            f"; weighted by its gate scores (mean {fmt(mean_of(agg, task, arm.name, 'gate_mean'))})"
+            f" the first token passes on {fmt(gated)} of the attention (F-Attn {fmt(f)}; "
+            f"reference {fmt(f_ref)})"
+            if gated is not None
+            else ""
+        )
+        lines.append(
+            f"- gate `{arm.name}`: {state}, {r:.2f}x the floor (largest layer "
+            f"{fmt(mean_of(agg, task, arm.name, 'ratio_max_layer'), 2)}x, sink rate "
+            f"{fmt(mean_of(agg, task, arm.name, 'sink_rate'), 2)}; paper at 1.7B: "
+            f"F-Attn 0.467 without a gate, 0.048 with the elementwise G1 gate){passes}."
+        )
     return lines
 
 

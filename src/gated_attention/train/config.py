@@ -207,6 +207,10 @@ class DataConfig:
     length (``gated_attention.data.retrieval``); deterministic per (seed, step). 0 disables."""
     retrieval_task: str = "passkey"
     """``passkey`` (passkey retrieval) or ``recall`` (multi-query associative recall)."""
+    document_mask: bool = False
+    """Attend only within each document of a packed window (a block-diagonal causal mask from
+    the end-of-document tokens, positions restarting at each document) instead of across the
+    document boundaries that packing puts in a window. ``corpus`` and ``files`` only."""
 
     def __post_init__(self) -> None:
         _choice("data.kind", self.kind, DATA_KINDS)
@@ -239,6 +243,15 @@ class DataConfig:
                 )
             for w in self.weights:
                 _positive("each of data.weights", w)
+        if not isinstance(self.document_mask, bool):
+            raise ValueError(
+                f"data.document_mask must be true or false, got {self.document_mask!r}."
+            )
+        if self.document_mask and self.kind == "backcopy":
+            raise ValueError(
+                'data.document_mask needs end-of-document tokens: use data.kind = "corpus" or '
+                '"files", or set data.document_mask = false for the backcopy task.'
+            )
         if self.kind == "files" and not self.path:
             raise ValueError(
                 'data.kind = "files" needs data.path: a shard set from `gated-attention data '

@@ -53,6 +53,8 @@ class RunData:
     info: dict[str, Any]
     tokenizer_path: Path | None = None
     task: Any = None
+    eod_id: int | None = None
+    """End-of-document token of the corpus (``None`` for the synthetic tasks)."""
 
 
 def build_data(cfg: DataConfig) -> RunData:
@@ -93,6 +95,7 @@ def build_data(cfg: DataConfig) -> RunData:
             "val_windows": len(val),
         },
         tokenizer_path=Path(prepared.tokenizer_path),
+        eod_id=train.eod_id,
     )
     return _mix_retrieval(data, cfg, bos_id=bos)
 
@@ -159,6 +162,7 @@ def _files_data(cfg: DataConfig) -> tuple[RunData, DataConfig, int | None]:
         vocab_size=first.info.vocab_size,
         info=info,
         tokenizer_path=first.tokenizer_path,
+        eod_id=first.info.eod_id,
     )
     return data, cfg, bos
 

@@ -29,6 +29,7 @@ import torch
 from gated_attention import __version__
 from gated_attention.config import rope_only_difference
 from gated_attention.model import GatedLM, count_parameters
+from gated_attention.ops.attention import separated_document_ids
 from gated_attention.train import callbacks as cbs
 from gated_attention.train import checkpoint as ckpt
 from gated_attention.train import distributed as dist_utils
@@ -164,6 +165,11 @@ class Trainer:
         self.data = data if data is not None else build_data(cfg.data)
         self.data.info["passes"] = check_passes(self.data, cfg, announce=self.dist.is_main)
         self.model_cfg = cfg.model_config(self.data.vocab_size)
+        if cfg.data.document_mask and self.data.eod_id is None:
+            raise ValueError(
+                "data.document_mask needs a corpus with end-of-document tokens; this data "
+                "source has none: set data.document_mask = false."
+            )
         seed_everything(cfg.seed)
         self.model = GatedLM(self.model_cfg).to(self.device)
         self.model.set_checkpointing(tc.activation_checkpointing)
@@ -287,11 +293,23 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def _documents(self, input_ids: torch.Tensor) -> torch.Tensor | None:
+        """``(B, T)`` document index of every token when ``data.document_mask`` is on (each
+        document ends with the corpus's end-of-document token), else ``None``."""
+        if not self.cfg.data.document_mask:
+            return None
+        return separated_document_ids(input_ids, self.data.eod_id)
+
     def _loss(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean next-token loss plus the MoE losses; the LM head and loss run chunk by chunk
         (``ops.loss``), so the ``(tokens, vocab)`` logits never exist."""
         with self._autocast():
-            out = self.forward_model(input_ids, targets=labels, z_loss=self.cfg.train.z_loss)
+            out = self.forward_model(
+                input_ids,
+                targets=labels,
+                z_loss=self.cfg.train.z_loss,
+                document_ids=self._documents(input_ids),
+            )
         return out.loss
 
     def train_step(self) -> tuple[float, float]:
@@ -342,7 +360,9 @@ class Trainer:
                 continue  # DDP / single: split batches over ranks
             ids, labels = ids.to(self.device), labels.to(self.device)
             with self._autocast():
-                out = self.forward_model(ids, targets=labels, return_logits=False)
+                out = self.forward_model(
+                    ids, targets=labels, return_logits=False, document_ids=self._documents(ids)
+                )
             if self.dist.strategy == "fsdp" and i % self.dist.world_size != self.dist.rank:
                 continue  # FSDP: every rank joins every forward; each counts its own share
             loss = out.loss if out.aux_loss is None else out.loss - out.aux_loss
