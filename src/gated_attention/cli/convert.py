@@ -47,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     # Imported here: the converters need transformers, which --help should not pay for.
     from gated_attention.hf.convert import export_checkpoint, import_checkpoint
+    from gated_attention.train.lock import check_writable
+
+    check_writable(args.dst, "destination")
 
     if args.from_format is not None:
         config = import_checkpoint(args.from_format, args.src, args.dst, overwrite=args.overwrite)

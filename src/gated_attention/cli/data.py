@@ -81,6 +81,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.data_command == "verify":
         return _verify(args)
+    from gated_attention.train.lock import check_writable
+
+    for name in ("out", "cache_dir"):
+        if getattr(args, name, None):
+            check_writable(getattr(args, name), f"--{name.replace('_', '-')}")
     start = time.perf_counter()
     if args.input:
         summary = _prepare_files(args)

@@ -75,16 +75,20 @@ def _write(path: Path, data: dict[str, Any]) -> None:
     print(f"wrote {path}")
 
 
-def _run_study(args: argparse.Namespace) -> int:
-    from gated_attention.evals.scaling import SCALING_MODES
-    from gated_attention.experiments.long_context import run_long_context_study
-
+def _study_runs(paths: list[str]) -> dict[str, Path]:
     runs = {}
-    for item in args.paths:
+    for item in paths:
         if "=" not in item:
             raise ValueError(f"--kind study expects NAME=RUN_DIR arguments, got {item!r}")
         name, path = item.split("=", 1)
         runs[name] = Path(path)
+    return runs
+
+
+def _run_study(args: argparse.Namespace, runs: dict[str, Path]) -> int:
+    from gated_attention.evals.scaling import SCALING_MODES
+    from gated_attention.experiments.long_context import run_long_context_study
+
     out = args.out or Path("long-context-study")
     results = run_long_context_study(
         runs,
@@ -108,15 +112,58 @@ def _run_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """Refuse bad numbers, an unavailable device and an unusable ``--out`` before any work."""
+    from gated_attention.train.config import resolve_device
+    from gated_attention.train.lock import check_writable
+
+    for name in ("train_len", "window", "max_tokens", "tokens_per_batch", "num_examples"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    for name in ("multipliers", "lengths", "sink_tokens"):
+        low = 0 if name == "sink_tokens" else 1
+        for value in getattr(args, name) or []:
+            if value < low:
+                raise ValueError(f"--{name.replace('_', '-')} values must be >= {low}, got {value}")
+    for depth in args.depths:
+        if not 0.0 <= depth <= 1.0:
+            raise ValueError(f"--depths values must be in [0, 1], got {depth}")
+    if args.factor is not None and args.factor <= 0:
+        raise ValueError(f"--factor must be > 0, got {args.factor}")
+    if args.rope_theta is not None and args.rope_theta <= 0:
+        raise ValueError(f"--rope-theta must be > 0, got {args.rope_theta}")
+    resolve_device(args.device, "--device")
+    if args.out is not None:
+        check_writable(args.out, file=args.kind != "study")
+
+
 def run(args: argparse.Namespace) -> int:
+    from gated_attention.train.lock import RunLock
+
+    _check_args(args)
     if args.kind == "study":
-        return _run_study(args)
+        runs = _study_runs(args.paths)
+        with RunLock(args.out or Path("long-context-study")):
+            return _run_study(args, runs)
+    if len(args.paths) != 1:
+        raise ValueError(f"--kind {args.kind} takes one run directory, got {len(args.paths)}")
+    out = (
+        args.out
+        or Path(args.paths[0]) / "evals" / f"{args.kind}-{'+'.join(args.scaling or ['none'])}.json"
+    )
+    from gated_attention.train.lock import check_writable
+
+    check_writable(out, file=True)
+    with RunLock(out.parent):
+        return _run_one(args, out)
+
+
+def _run_one(args: argparse.Namespace, out: Path) -> int:
     from gated_attention.evals.scaling import SCALING_MODES, load_model_with, scaling_config
     from gated_attention.evals.streams import read_run_config, run_stream
 
     args.scaling = args.scaling or ["none"]
-    if len(args.paths) != 1:
-        raise ValueError(f"--kind {args.kind} takes one run directory, got {len(args.paths)}")
     run_dir = Path(args.paths[0])
     run_cfg = read_run_config(run_dir)
     train_len = int(args.train_len or run_cfg["data"]["seq_len"])
@@ -200,7 +247,6 @@ def run(args: argparse.Namespace) -> int:
             )
         report["results"][mode] = {"scaling": scaling, "result": res}
         print(f"{args.kind} [{mode}] {summary}")
-    out = args.out or run_dir / "evals" / f"{args.kind}-{'+'.join(args.scaling)}.json"
     from gated_attention.analysis import to_jsonable
 
     _write(out, to_jsonable(report))

@@ -58,8 +58,10 @@ def run(args: argparse.Namespace) -> int:
     from gated_attention.data.tokenizer import load_tokenizer
     from gated_attention.hf.export import export_model
     from gated_attention.train.checkpoint import load_model
+    from gated_attention.train.lock import check_writable
 
     path = Path(args.run)
+    check_writable(args.out, "OUT")
     out = Path(args.out).resolve()
     if out == path.resolve() or out in path.resolve().parents:
         raise ValueError(f"OUT {args.out} would overwrite the source {path}; choose another")

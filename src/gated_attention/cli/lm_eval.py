@@ -104,7 +104,53 @@ def _task_manager(tasks: list[str], include: list[Path]) -> Any:
     known = {*manager.all_tasks, *manager.all_groups, *manager.all_tags}
     if all(task in known for task in tasks):
         return manager
-    return TaskManager(include_path=paths)
+    manager = TaskManager(include_path=paths)
+    known = {*manager.all_tasks, *manager.all_groups, *manager.all_tags}
+    unknown = [task for task in tasks if task not in known]
+    if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], sorted(known), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"--tasks: unknown task {', '.join(map(repr, unknown))}; list them with "
+            f"`lm-eval ls tasks` or add a folder with --include-path.{hint}"
+        )
+    return manager
+
+
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Refuse bad arguments, a broken checkpoint and an unusable ``--output`` before any
+    work (the harness would fail after minutes, or after the results were computed)."""
+    from gated_attention.train.checkpoint import check_safetensors
+    from gated_attention.train.config import resolve_device
+    from gated_attention.train.lock import check_writable
+
+    if args.dtype not in DTYPES:
+        raise ValueError(f"--dtype {args.dtype!r} is not valid; allowed: {', '.join(DTYPES)}")
+    resolve_device(args.device, "--device")
+    model = Path(args.model)
+    if not (model / "config.json").is_file():
+        raise FileNotFoundError(f"{args.model} is not a checkpoint directory (no config.json)")
+    from gated_attention.cli.analyze import HF_TOKENIZER_FILES
+
+    if "tokenizer=" not in args.model_args and not any(
+        (model / f).exists() for f in HF_TOKENIZER_FILES
+    ):
+        raise ValueError(
+            f"{model} has no tokenizer ({', '.join(HF_TOKENIZER_FILES)}); copy the model's "
+            "tokenizer files into it, or pass --model-args tokenizer=DIR"
+        )
+    check_safetensors(model)
+    if args.limit is not None and args.limit <= 0:
+        raise ValueError(f"--limit must be > 0, got {args.limit}")
+    if args.num_fewshot is not None and args.num_fewshot < 0:
+        raise ValueError(f"--num-fewshot must be >= 0, got {args.num_fewshot}")
+    if args.output is not None:
+        check_writable(args.output, "--output", file=True)
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
@@ -115,6 +161,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     # Registers model_type "gated_attention" with AutoConfig / AutoModelForCausalLM.
     import gated_attention.hf  # noqa: F401
 
+    _check_args(args)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if not tasks:
         raise ValueError("--tasks is empty; name at least one task or group")

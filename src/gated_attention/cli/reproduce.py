@@ -68,7 +68,25 @@ def run(args: argparse.Namespace) -> int:
             runs = dry_run_study(study, scale, args.out or tmp, analyze)
         print(json.dumps({"study": study.name, "scale": scale, "dry_runs": runs}, indent=1))
         return 0
-    out.mkdir(parents=True, exist_ok=True)
+    from gated_attention.train.lock import RunLock
+
+    with RunLock(out):
+        if not args.resume and _has_study(out):
+            raise ValueError(
+                f"{out} already holds a study; add --resume to continue it (finished runs are "
+                "kept) or choose another --out"
+            )
+        return _run(args, study, scale, out, writer, analyze)
+
+
+def _has_study(out: Path) -> bool:
+    """Whether ``out`` holds (part of) a study: a report or any run's record or checkpoints."""
+    if (out / "report.md").exists():
+        return True
+    return any(out.glob("**/record.json")) or any(out.glob("**/checkpoints"))
+
+
+def _run(args: argparse.Namespace, study, scale: str, out: Path, writer, analyze) -> int:
     start = time.perf_counter()
     records = run_study(study, scale, out, args.resume, analyze, not args.no_progress)
     from gated_attention.experiments.reporting import provenance

@@ -23,6 +23,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume", action="store_true", help="continue from the newest valid checkpoint"
     )
     parser.add_argument(
+        "--allow-changed",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="with --resume: accept this run-config key (e.g. train.steps, or a whole section "
+        "such as data) differing from the checkpoint's (repeatable)",
+    )
+    parser.add_argument(
         "--dry-run",
         action="store_true",
         help="run every code path of the config on the CPU for a few steps at reduced size "
@@ -46,13 +54,19 @@ def run(args: argparse.Namespace) -> int:
         from gated_attention.train.dryrun import dry_run
 
         cfg = load_run_config(args.config, overrides)
+        if args.out:
+            from gated_attention.train.lock import check_writable
+
+            check_writable(args.out)
         print(json.dumps(dry_run(cfg, args.out, args.dry_run_compile), indent=1))
         return 0
     if args.out:
         overrides.append(f'out_dir="{args.out}"')
     cfg = load_run_config(args.config, overrides)
+    if args.allow_changed and not args.resume:
+        raise ValueError("--allow-changed goes with --resume")
     try:
-        result = train(cfg, resume=args.resume)
+        result = train(cfg, resume=args.resume, allow_changed=tuple(args.allow_changed))
     except TrainingDiverged as err:
         raise ValueError(str(err)) from None
     if result.out_dir.exists():

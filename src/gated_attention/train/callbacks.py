@@ -8,6 +8,7 @@ callbacks before it added to a step's record), the progress bar and TensorBoard.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections import deque
 from pathlib import Path
@@ -20,6 +21,8 @@ from gated_attention.nn.hooks import HookPoint, in_recompute
 
 if TYPE_CHECKING:
     from gated_attention.train.trainer import Trainer
+
+log = logging.getLogger("gated_attention.train")
 
 
 class TrainerCallback:
@@ -125,12 +128,8 @@ class MetricsLog(TrainerCallback):
     def on_train_start(self, trainer: Trainer) -> None:
         path = trainer.out_dir / "metrics.jsonl"
         if trainer.resumed and path.exists():
-            kept = [
-                line
-                for line in path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= trainer.step
-            ]
-            path.write_text("".join(line + "\n" for line in kept))
+            kept = [r for r in _records(path) if r.get("step", 0) <= trainer.step]
+            path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         self._file = open(path, "a" if trainer.resumed else "w")  # noqa: SIM115 - see on_train_end
 
     def write(self, record: dict[str, Any]) -> None:
@@ -152,8 +151,27 @@ class MetricsLog(TrainerCallback):
 
 def read_metrics(path: str | Path, kind: str | None = "train") -> list[dict[str, Any]]:
     """Records of a metrics log (``kind``: ``train``, ``eval`` or ``None`` for all)."""
-    records = [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
-    return [r for r in records if kind is None or r.get("kind") == kind]
+    return [r for r in _records(Path(path)) if kind is None or r.get("kind") == kind]
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    """The records of ``path``; a truncated last line (a writer killed mid-line) is dropped with
+    a warning naming the file, an unreadable line elsewhere is an error naming file and line."""
+    lines = path.read_text().splitlines()
+    records = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                log.warning("%s: dropping its truncated last line %d", path, i + 1)
+                continue
+            raise ValueError(
+                f"{path}, line {i + 1} is not valid JSON; remove the line or the file"
+            ) from None
+    return records
 
 
 class ProgressBar(TrainerCallback):

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -79,9 +80,30 @@ def save_model(
     """Write ``model.safetensors`` and ``model_config.json`` into directory ``path``."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    save_file(state if state is not None else model_state(model), str(path / MODEL_FILE))
+    target = path / MODEL_FILE
+    try:
+        save_file(state if state is not None else model_state(model), str(target))
+    except Exception as err:  # safetensors' SafetensorError wraps the OS error in its text
+        found = re.search(r"os error (\d+)", str(err))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(target)) from None
     (path / CONFIG_FILE).write_text(model.cfg.to_json())
     return path
+
+
+def torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` that reports a failed write (disk full, file size limit, read-only file
+    system) as the ``OSError`` naming ``path``, not torch's ``unexpected pos`` RuntimeError."""
+    try:
+        with open(path, "wb") as handle:
+            torch.save(obj, handle)
+    except RuntimeError as err:
+        cause = err.__context__
+        if isinstance(cause, OSError) and cause.errno is not None:
+            raise OSError(cause.errno, os.strerror(cause.errno), str(path)) from None
+        raise
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> GatedLM:
@@ -106,8 +128,27 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> GatedLM:
         raise CheckpointError(f"{path} has weights but no {CONFIG_FILE}")
     cfg = ModelConfig.from_json((path / CONFIG_FILE).read_text())
     model = GatedLM(cfg)
+    check_safetensors(path / MODEL_FILE)
     load_weights(model, load_file(str(path / MODEL_FILE)), source=str(path))
     return model.to(device)
+
+
+def check_safetensors(path: str | Path) -> None:
+    """Check that ``path`` (a ``.safetensors`` file, or every one in a directory) is complete:
+    its header parses and its tensors fit in the file. Reads the headers only; a truncated or
+    corrupt file raises :class:`CheckpointError` naming it."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                handle.keys()
+        except Exception as err:  # safetensors raises its own SafetensorError (not exported)
+            raise CheckpointError(
+                f"{file} is truncated or corrupt ({err}); re-create or re-download it"
+            ) from None
 
 
 def load_weights(model: GatedLM, state: dict[str, torch.Tensor], source: str = "") -> None:
@@ -190,7 +231,7 @@ def save_checkpoint(
     tmp.mkdir()
     save_model(model, tmp, weights)
     if optimizer_state is not None:
-        torch.save(optimizer_state, tmp / "optimizer.pt")
+        torch_save(optimizer_state, tmp / "optimizer.pt")
     (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
     if extra_writer is not None:
         extra_writer(tmp)
@@ -204,6 +245,97 @@ def save_checkpoint(
     for old in list_checkpoints(root)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def remove_stale_tmp(root: str | Path) -> list[Path]:
+    """Remove the temporary directories (``.tmp-step_*-PID``, ``.dcp-step_*``) that writers
+    killed mid-checkpoint left under ``root``; returns what was removed. Only directories of
+    processes that no longer run are removed (the caller holds the run lock)."""
+    root = Path(root)
+    removed = []
+    for tmp in sorted([*root.glob(".tmp-step_*"), *root.glob(".dcp-step_*")]):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            continue
+        shutil.rmtree(tmp, ignore_errors=True)
+        removed.append(tmp)
+    if removed:
+        log.warning("removed %d unfinished checkpoint write(s) in %s", len(removed), root)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+FREE_ON_RESUME = (
+    "out_dir",
+    "data.cache_dir",
+    "data.prepare_workers",
+    "data.verify",
+    "train.device",
+    "train.threads",
+    "train.progress",
+    "train.tensorboard",
+    "train.log_every",
+    "train.eval_every",
+    "train.eval_batches",
+    "train.eval_batch_size",
+    "train.ckpt_every",
+    "train.keep_last",
+    "train.compile",
+    "train.compile_backend",
+    "train.activation_checkpointing",
+    "train.stop_on_nonfinite",
+    "distributed.strategy",
+    "distributed.backend",
+)
+"""Run-config keys a resumed run may change freely: where and how it runs, not what it computes
+(the model, data, seed and schedule keys must match, or be named in ``allow_changed``)."""
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and prefix + key != "model.rope_scaling":
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def _shown(config: dict[str, Any], key: str) -> str:
+    return repr(config[key]) if key in config else "(unset)"
+
+
+def check_resume_config(
+    path: Path, stored: dict[str, Any], current: dict[str, Any], allow_changed: tuple[str, ...]
+) -> list[str]:
+    """Refuse to resume checkpoint ``path`` (written under run config ``stored``) with a
+    ``current`` config that changes what the run computes, naming the keys; keys listed in
+    ``allow_changed`` may differ. Returns the changed keys that were allowed."""
+    a, b = _flatten(stored), _flatten(current)
+    changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    changed = [k for k in changed if k not in FREE_ON_RESUME]
+    refused = [
+        k for k in changed if k not in allow_changed and k.split(".")[0] not in allow_changed
+    ]
+    if refused:
+        diff = "; ".join(f"{k}: {_shown(a, k)} -> {_shown(b, k)}" for k in refused)
+        flags = " ".join(f"--allow-changed {k}" for k in refused)
+        raise CheckpointError(
+            f"--resume: the run config differs from checkpoint {path} ({diff}); resume with the "
+            f"original config, or accept the change with {flags}"
+        )
+    for k in changed:
+        log.warning("resuming with %s changed: %s -> %s", k, _shown(a, k), _shown(b, k))
+    return changed
 
 
 def read_trainer_state(path: Path) -> dict[str, Any]:

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -51,15 +53,101 @@ CHECKPOINTING = ("none", "full", "attention")
 """``train.activation_checkpointing``: as ``gated_attention.model.CHECKPOINTING``."""
 
 
+def _type_ok(value: Any, hint: Any) -> bool:
+    """Whether ``value`` (parsed TOML) fits the annotation ``hint``: ints are ints (``8.0`` is
+    not), floats accept ints, strings are strings, booleans are booleans; types this check does
+    not know (nested configs) are left to the config's own validation."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is Any:
+        return True
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is list:
+        (item,) = typing.get_args(hint) or (Any,)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _type_name(hint: Any) -> str:
+    text = str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
+    return text.replace("NoneType", "None")
+
+
+def check_types(cls: type, data: dict[str, Any], where: str) -> None:
+    """Refuse a value of the wrong type for a field of dataclass ``cls``, naming the key."""
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        hint = hints.get(key)
+        if hint is not None and not _type_ok(value, hint):
+            name = key if where == "run" else f"{where}.{key}"
+            if hint is dict or typing.get_origin(hint) is dict:
+                raise ValueError(
+                    f"[{name}] must be a table of keys, got {value!r}; set one field with "
+                    f"--set {name}.KEY=VALUE."
+                )
+            fix = ""
+            if hint is int and isinstance(value, float):
+                fix = " (an integer: no decimal point)"
+            raise ValueError(
+                f"{name} must be {_type_name(hint)}, got {value!r} ({type(value).__name__}){fix}."
+            )
+
+
 def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"[{where}] must be a table of keys, got {data!r}; set one field with "
+            f"--set {where}.KEY=VALUE."
+        )
     valid = [f.name for f in fields(cls)]
     for key in data:
         if key not in valid:
             raise ValueError(
-                f"unknown key {where}.{key}.{_suggest(key, valid)} Valid keys in [{where}]: "
-                f"{', '.join(valid)}."
+                f"unknown key {key if where == 'run' else f'{where}.{key}'}."
+                f"{_suggest(key, valid)} Valid keys in [{where}]: {', '.join(valid)}."
             )
+    check_types(cls, data, where)
     return cls(**data)
+
+
+DEVICE_KINDS = ("auto", "cpu", "cuda", "mps")
+
+
+def resolve_device(spec: str, key: str = "train.device") -> Any:
+    """The ``torch.device`` for ``spec`` (``auto``: CUDA when available, else CPU), refusing a
+    device that is not valid or not available here with one line naming ``key``."""
+    import torch
+
+    if not isinstance(spec, str):
+        raise ValueError(f"{key} must be a device name (str), got {spec!r}.")
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    kind, _, index = spec.partition(":")
+    if kind not in DEVICE_KINDS[1:] or (index and not index.isdigit()):
+        raise ValueError(
+            f"{key}={spec!r} is not a device; use auto, cpu, cuda, cuda:N or mps.{_suggest(kind, DEVICE_KINDS)}"
+        )
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"{key}={spec!r} but CUDA is not available here; use cpu or auto.")
+        if index and int(index) >= count:
+            raise ValueError(f"{key}={spec!r} but only {count} CUDA device(s) exist here.")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{key}={spec!r} but MPS is not available here; use cpu or auto.")
+    return torch.device(spec)
 
 
 def _choice(where: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -265,8 +353,13 @@ class RunConfig:
     def __post_init__(self) -> None:
         sections = {"data": DataConfig, "train": TrainConfig, "distributed": DistributedConfig}
         for name, cls in sections.items():
-            if isinstance(getattr(self, name), dict):
+            if not isinstance(getattr(self, name), cls):
                 setattr(self, name, _build(cls, getattr(self, name), name))
+        if not isinstance(self.model, dict):
+            raise ValueError(
+                f"[model] must be a table of keys, got {self.model!r}; set one field with "
+                "--set model.KEY=VALUE."
+            )
         self.model_config(vocab_size=None)  # validate the model section early
 
     def model_config(self, vocab_size: int | None) -> ModelConfig:
@@ -274,6 +367,9 @@ class RunConfig:
         model section sets it."""
         spec = dict(self.model)
         preset = spec.pop("preset", None)
+        if preset is not None and not isinstance(preset, str):
+            raise ValueError(f"model.preset must be a preset name (str), got {preset!r}.")
+        check_types(ModelConfig, spec, "model")
         if vocab_size is not None and "vocab_size" not in spec:
             spec["vocab_size"] = vocab_size
         if "max_position_embeddings" not in spec and preset is None:
@@ -333,10 +429,14 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ValueError(f"config {path} is a directory; give a TOML file (see configs/)")
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist")
         try:
             data = tomllib.loads(path.read_text())
+        except UnicodeDecodeError:
+            raise ValueError(f"{path} is not a text (TOML) file") from None
         except tomllib.TOMLDecodeError as err:
             raise ValueError(f"{path} is not valid TOML: {err}") from None
     apply_overrides(data, overrides or [])

@@ -13,8 +13,11 @@ import contextlib
 import json
 import logging
 import math
+import os
 import random
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +33,7 @@ from gated_attention.ops.attention import separated_document_ids
 from gated_attention.train import callbacks as cbs
 from gated_attention.train import checkpoint as ckpt
 from gated_attention.train import distributed as dist_utils
-from gated_attention.train.config import RunConfig
+from gated_attention.train.config import RunConfig, resolve_device
 from gated_attention.train.datasets import RunData, build_data, check_passes
 from gated_attention.train.optim import build_optimizer, lr_at
 
@@ -39,6 +42,43 @@ log = logging.getLogger("gated_attention.train")
 
 class TrainingDiverged(RuntimeError):
     """The loss became non-finite."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped the run after it saved a checkpoint at a step boundary
+    (``signum``: the signal; the CLI exits ``128 + signum``). A ``KeyboardInterrupt``, so study
+    runners that record failed runs let it through."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+class _StopSignals:
+    """While active (in the main thread), the first SIGINT/SIGTERM only sets ``signum`` (the
+    loop saves at the next step boundary and stops); a second SIGINT stops at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning(
+            "%s: saving a checkpoint after this step, then stopping", signal.Signals(signum).name
+        )
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
 
 
 @dataclass
@@ -100,14 +140,15 @@ class Trainer:
         data: RunData | None = None,
         callbacks: list[cbs.TrainerCallback] | None = None,
         init_from: str | Path | None = None,
+        allow_changed: tuple[str, ...] = (),
     ) -> None:
         self.cfg = cfg
         self.resume = resume
+        self.allow_changed = tuple(allow_changed)
         self.init_from = init_from
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
-        auto = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(auto if cfg.train.device == "auto" else cfg.train.device)
+        self.device = resolve_device(cfg.train.device)
         self.dist = dist_utils.setup(cfg.distributed, self.device)
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
@@ -336,8 +377,18 @@ class Trainer:
     def _restore(self) -> None:
         """Resume from the newest valid checkpoint, or start from ``init_from`` (or scratch)."""
         main = self.dist.is_main
+        if main:
+            ckpt.remove_stale_tmp(self.ckpt_root)
         path = ckpt.latest_checkpoint(self.ckpt_root) if self.resume else None
+        if self.resume and path is None and ckpt.list_checkpoints(self.ckpt_root):
+            raise ckpt.CheckpointError(
+                f"--resume: no checkpoint in {self.ckpt_root} is valid (see the warnings above); "
+                "nothing was deleted: move the checkpoints directory away to start the run afresh"
+            )
         if path is not None:
+            stored = ckpt.read_trainer_state(path).get("run_config")
+            if stored is not None:
+                ckpt.check_resume_config(path, stored, self.cfg.to_dict(), self.allow_changed)
             self.load(path)
             self.resumed = True
             if main:
@@ -383,8 +434,10 @@ class Trainer:
         self.model.train()
         start, start_tokens = time.perf_counter(), self.tokens_seen
         loss = diverged_at = None
+        stop = _StopSignals()
         try:
             self._emit("on_train_start")
+            stop.__enter__()
             while self.step < tc.steps:
                 t0 = time.perf_counter()
                 loss, gnorm = self.train_step()
@@ -406,9 +459,19 @@ class Trainer:
                 if self.at_interval(tc.eval_every):
                     self.last_val = self.evaluate()
                     self._emit("on_eval", self.last_val)
-                if self.at_interval(tc.ckpt_every):
+                saved = self.at_interval(tc.ckpt_every)
+                if saved:
                     self._emit("on_checkpoint", self.save())
+                if self._stop_requested(stop) and self.step < tc.steps:
+                    path = self.save() if not saved else ckpt.latest_checkpoint(self.ckpt_root)
+                    name = signal.Signals(stop.signum).name
+                    raise TrainingInterrupted(
+                        f"{name} at step {self.step}: saved checkpoint {path}; continue with "
+                        "--resume",
+                        stop.signum,
+                    )
         finally:
+            stop.__exit__()
             self._emit("on_train_end")
         wall = time.perf_counter() - start
         if self.dist.is_main and diverged_at is None:
@@ -429,6 +492,15 @@ class Trainer:
         if self.dist.is_main:
             (self.out_dir / "result.json").write_text(json.dumps(result.to_dict(), indent=1))
         return result
+
+    def _stop_requested(self, stop: _StopSignals) -> bool:
+        """Whether any rank received SIGINT/SIGTERM (all ranks then save and stop together)."""
+        if self.dist.world_size == 1:
+            return stop.signum is not None
+        flag = torch.tensor([float(stop.signum or 0)], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        stop.signum = int(flag.item()) or None
+        return stop.signum is not None
 
     def _export_final(self) -> None:
         """Copy the last checkpoint's weights and config to ``final/`` for analysis."""
@@ -459,10 +531,16 @@ def train(
     data: RunData | None = None,
     callbacks: list[cbs.TrainerCallback] | None = None,
     init_from: str | Path | None = None,
+    allow_changed: tuple[str, ...] = (),
 ) -> TrainResult:
-    """Train one run described by ``cfg`` (arguments as :class:`Trainer`); tears down the
+    """Train one run described by ``cfg`` (arguments as :class:`Trainer`) holding the run lock
+    of ``cfg.out_dir`` (:class:`~gated_attention.train.lock.RunLock`, rank 0); tears down the
     process group afterwards."""
+    from gated_attention.train.lock import RunLock
+
+    main = int(os.environ.get("RANK", "0")) == 0
     try:
-        return Trainer(cfg, resume, data, callbacks, init_from).fit()
+        with RunLock(cfg.out_dir, "out_dir") if main else contextlib.nullcontext():
+            return Trainer(cfg, resume, data, callbacks, init_from, allow_changed).fit()
     finally:
         dist_utils.teardown()
