@@ -125,10 +125,15 @@ def verdicts(study: Study, agg: Aggregate, baseline: str = "baseline") -> list[s
             f_arm = mean_of(agg, task, arm, "f_attn")
             r_arm = mean_of(agg, task, arm, "f_attn_ratio_to_floor")
             if f_base and f_arm is not None and ratio is not None and ratio >= 1.3:
+                near = (
+                    ", below it"
+                    if r_arm < 0.77
+                    else (", within 1.3x of it" if r_arm <= 1.3 else "")
+                )
                 parts.append(
                     f"first-token mass {_ms(agg, task, arm, 'f_attn')} ({r_arm:.1f}x the floor"
-                    f"{', within 1.3x of it' if r_arm <= 1.3 else ''}) vs {fmt(f_base)}, "
-                    f"{f_base / max(f_arm, 1e-9):.1f}x lower{_sink_rates(agg, task, arm)}"
+                    f"{near}) vs {fmt(f_base)}, {_times_lower(f_base, f_arm)}"
+                    f"{_sink_rates(agg, task, arm)}"
                     if f_arm < f_base
                     else f"first-token mass {fmt(f_arm)} is not below the baseline's {fmt(f_base)}"
                 )
@@ -182,6 +187,12 @@ def verdicts(study: Study, agg: Aggregate, baseline: str = "baseline") -> list[s
     return lines
 
 
+def _times_lower(base: float, value: float) -> str:
+    """``12.3x lower``; ``over 100x lower`` where the ratio is only a small number's noise."""
+    ratio = base / max(value, 1e-12)
+    return "over 100x lower" if ratio > 100 else f"{ratio:.1f}x lower"
+
+
 def _normalizer_parts(agg: Aggregate, task: str, arm: str, bos_base: float | None) -> list[str]:
     """Verdict clauses for an arm with a non-softmax normaliser: where its dormant queries put
     their weight (BOS, the null column) and how its first-token mass compares."""
@@ -206,15 +217,17 @@ def _normalizer_parts(agg: Aggregate, task: str, arm: str, bos_base: float | Non
     if bo is not None and bos_base is not None:
         clause = f"BOS weight on dormant queries {fmt(bo)} vs the baseline's {fmt(bos_base)}"
         if null_o is not None and null_t is not None:
-            moved = null_o > 2 * max(null_t, 1e-9) and null_o >= 0.3
+            parks = null_o >= 0.5 and null_o > null_t and bo < 0.5 * bos_base
             clause += (
-                f"; the null column takes {fmt(null_o)} of dormant rows vs {fmt(null_t)} of "
-                "trigger rows"
-                + (" — the dormant head parks on the null column instead of BOS" if moved else "")
+                f"; dormant rows give {fmt(null_o)} of their weight to null attention (trigger "
+                f"rows {fmt(null_t)})"
+                + (" — the dormant head parks there instead of on BOS" if parks else "")
             )
         row_o = mean_of(agg, task, arm, "row_mass_other")
         if null_o is None and row_o is not None:
-            clause += f"; weight on the real tokens of dormant rows {fmt(row_o)}"
+            clause += f"; total weight of dormant rows on the real tokens {fmt(row_o)}"
+            if row_o < 0.05 and bo < 0.5 * bos_base:
+                clause += " — the dormant head attends to nothing and needs no sink"
         parts.append(clause)
     return parts
 
@@ -450,7 +463,9 @@ def write_report(
         "",
         f"Study `{study.name}` at scale `{scale}`: {len(study.arms_for(scale))} arms x "
         f"{len(study.tasks)} tasks x {len(seeds)} seed(s) ({', '.join(map(str, seeds))}). "
-        f"Wall time {meta['wall_time_s'] / 60:.1f} min. Measured numbers come from this run; the "
+        f"Wall time {meta['wall_time_s'] / 60:.1f} min; the runs took "
+        f"{sum(r.seconds for r in records) / 60:.1f} min of training and analysis in all (a "
+        "resumed invocation reuses finished runs). Measured numbers come from this run; the "
         "paper's numbers (Table 4, 15A2B MoE after 400B tokens) are printed beside them for "
         "reference, not as targets a model of this size could reach.",
         "",
