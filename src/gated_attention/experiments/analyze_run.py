@@ -14,7 +14,7 @@ from gated_attention.analysis import (
     attention_probs_from_qk,
     effective_attention,
     head_averaged_map,
-    key_mass_from_qk,
+    key_and_row_mass_from_qk,
 )
 from gated_attention.analysis.probe import capture_model
 from gated_attention.analysis.training import emergence, read_probes
@@ -88,14 +88,21 @@ def _backcopy_split(captured: Any, trigger: torch.Tensor, task: Any) -> dict[str
     """BOS attention and gate scores on trigger vs non-trigger queries, per layer.
 
     On trigger queries the model must copy (an active head); elsewhere the head should be
-    dormant: a softmax head parks its attention on BOS, a gated head can close its gate.
+    dormant: a softmax head parks its attention on BOS, a gated head can close its gate, and a
+    normaliser with null attention (``docs/normalizers.md``) can give the row to its sink column.
+    Weights are the layer's own normaliser's weights on the real tokens; ``null_*`` is the mean
+    ``1 - row mass`` (present only for kinds whose rows never exceed 1).
     """
     query = torch.ones_like(trigger)
     query[:, 0] = False  # position 0 is BOS itself
     trig, other = trigger & query, ~trigger & query
+    norms = captured.normalizers or [None] * captured.n_layers
     per_layer = []
     for layer, (q, k) in enumerate(zip(captured.q, captured.k)):
-        bos = key_mass_from_qk(q, k, key_index=0, scale=captured.scale)  # (B, H, T)
+        norm = norms[layer]
+        bos, rows = key_and_row_mass_from_qk(
+            q, k, key_index=0, scale=captured.scale, normalizer=norm
+        )  # (B, H, T) each
         head_mean = bos.mean(dim=1)
         entry = {
             "layer": layer,
@@ -106,6 +113,14 @@ def _backcopy_split(captured: Any, trigger: torch.Tensor, task: Any) -> dict[str
             if other.any()
             else None,
         }
+        if norm is not None:
+            row_mean = rows.mean(dim=1)  # (B, T)
+            entry["row_mass_trigger"] = float(row_mean[trig].mean()) if trig.any() else None
+            entry["row_mass_other"] = float(row_mean[other].mean()) if other.any() else None
+            if norm.kind.null_attention:
+                for key in ("trigger", "other"):
+                    row = entry[f"row_mass_{key}"]
+                    entry[f"null_{key}"] = None if row is None else 1.0 - row
         if captured.gate_scores is not None:
             g = captured.gate_scores[layer].mean(dim=-1)  # (B, T, H)
             entry["gate_trigger"] = float(g[trig].mean()) if trig.any() else None
@@ -125,12 +140,14 @@ def _backcopy_split(captured: Any, trigger: torch.Tensor, task: Any) -> dict[str
 
 
 def _attention_maps(captured: Any, tokens: int) -> dict[str, Any]:
-    """Head-averaged attention of the first sequence (first ``tokens`` tokens) per layer, and
-    the gate-weighted "effective" map when the model has a G1 gate."""
+    """Head-averaged attention of the first sequence (first ``tokens`` tokens) per layer (the
+    layer's normaliser's weights on the real tokens), and the gate-weighted "effective" map when
+    the model has a G1 gate."""
     maps = {}
+    norms = captured.normalizers or [None] * captured.n_layers
     for layer, (q, k) in enumerate(zip(captured.q, captured.k)):
         q1, k1 = q[:1, :tokens], k[:1, :tokens]
-        probs = attention_probs_from_qk(q1, k1, scale=captured.scale)
+        probs = attention_probs_from_qk(q1, k1, scale=captured.scale, normalizer=norms[layer])
         entry = {"probs": head_averaged_map(probs)[0].tolist()}
         if captured.gate_scores is not None and captured.z_before is not None:
             gate = captured.gate_scores[layer][:1, :tokens]

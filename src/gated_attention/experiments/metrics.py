@@ -15,7 +15,16 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from gated_attention.experiments.study import RunRecord
 
-BACKCOPY_METRICS = ("bos_other", "bos_trigger", "gate_other", "gate_trigger", "effective_bos_other")
+BACKCOPY_METRICS = (
+    "bos_other",
+    "bos_trigger",
+    "gate_other",
+    "gate_trigger",
+    "effective_bos_other",
+    "null_other",
+    "null_trigger",
+    "row_mass_other",
+)
 """Metrics of the backcopy split, measured only on backcopy tasks (and the gate ones only for
 gated arms): left out of aggregates where a run did not measure them."""
 
@@ -49,6 +58,22 @@ class RunMetrics:
     """Backcopy split: the lowest layer mean gate on non-trigger queries."""
     gate_trigger: float | None = None
     effective_bos_other: float | None = None
+    null_other: float | None = None
+    """Backcopy split (normalisers with null attention): the largest layer mean of ``1 - row
+    mass`` on non-trigger queries, the weight the sink column takes where the head is dormant."""
+    null_trigger: float | None = None
+    row_mass_other: float | None = None
+    """Backcopy split (non-softmax normalisers): the smallest layer mean of the weight on the real
+    tokens on non-trigger queries."""
+    null_mass: float | None = None
+    """Non-softmax normalisers: mean ``1 - row mass`` over queries, heads and layers (``None``
+    for sigmoid attention, whose rows may exceed 1; ``docs/normalizers.md``)."""
+    row_mass: float | None = None
+    """Non-softmax normalisers: mean total weight on the real tokens."""
+    first_token_share: float | None = None
+    """Non-softmax normalisers: mean ``w_0 / row mass``, the F-Attn with the null column removed."""
+    sinks_mean: float | None = None
+    """``sink`` normaliser: the mean learned sink logit ``s_h``."""
     tokens: int | None = None
     """Training tokens seen at the last training-time probe (``analysis.training``)."""
     probe_ratio: float | None = None
@@ -87,6 +112,11 @@ class RunMetrics:
                 split["gate_other"] = min(x["gate_other"] for x in layers)
                 split["gate_trigger"] = max(x["gate_trigger"] for x in layers)
                 split["effective_bos_other"] = max(x["effective_bos_other"] for x in layers)
+            if layers and layers[0].get("row_mass_other") is not None:
+                split["row_mass_other"] = min(x["row_mass_other"] for x in layers)
+            if layers and layers[0].get("null_other") is not None:
+                split["null_other"] = max(x["null_other"] for x in layers)
+                split["null_trigger"] = max(x["null_trigger"] or 0 for x in layers)
         e = a.get("emergence") or {}
         return cls(
             tokens=e.get("tokens"),
@@ -108,6 +138,10 @@ class RunMetrics:
             m_act=s.get("m_act"),
             max_abs=max(massive or [0]) if a else None,
             gate_mean=s.get("gate_mean"),
+            null_mass=s.get("null_mass"),
+            row_mass=s.get("row_mass"),
+            first_token_share=s.get("first_token_share"),
+            sinks_mean=s.get("sinks_mean"),
             gate_share_below=s.get("gate_share_below"),
             z_before=s.get("mean_abs_z_before"),
             z_after=s.get("mean_abs_z_after"),

@@ -1,5 +1,9 @@
 """The main job's report: attention sinks, massive activations and gate sparsity per arm and
-task, beside the paper's Table 4, with verdicts written from the measured numbers."""
+task, beside the paper's Table 4, with verdicts written from the measured numbers.
+
+A study whose arms change the attention normaliser (``model.normalizer``, the sink-mitigation
+zoo of ``docs/normalizers.md``) gets a normaliser column, the null-attention metrics and a
+section pairing each normaliser with and without a gate, in the same report."""
 
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from gated_attention.experiments.reporting import (
     table,
 )
 from gated_attention.experiments.stats import Aggregate, aggregate, effect, mean_of, stat, values_of
-from gated_attention.experiments.study import RunRecord, Study
+from gated_attention.experiments.study import Arm, RunRecord, Study
 
 COLUMNS = (
     Column("val_loss", "val loss"),
@@ -43,6 +47,31 @@ COLUMNS = (
     Column("f_attn_gated", "gate-weighted F-Attn"),
 )
 """The metrics of the summary table."""
+
+NORMALIZER_COLUMNS = (
+    Column("null_mass", "null mass"),
+    Column("row_mass", "row mass"),
+    Column("first_token_share", "token-0 share"),
+    Column("sinks_mean", "sink logit"),
+)
+"""Added to the summary table when an arm changes the attention normaliser."""
+
+
+def normalizer_label(arm: Arm) -> str:
+    """The attention normaliser an arm sets (``softmax`` when it sets none), with the options it
+    names: ``sigmoid (length=128)``."""
+    raw = arm.overrides.get("model", {}).get("normalizer")
+    if raw is None or isinstance(raw, str):
+        return raw or "softmax"
+    flat = {**raw.get("options", {}), **{k: v for k, v in raw.items() if k != "options"}}
+    kind = flat.pop("kind", "softmax")
+    opts = ", ".join(f"{k}={v}" for k, v in sorted(flat.items()))
+    return f"{kind} ({opts})" if opts else kind
+
+
+def has_normalizers(study: Study) -> bool:
+    """Whether any arm of ``study`` changes the attention normaliser."""
+    return any(normalizer_label(a) != "softmax" for a in study.arms)
 
 
 def verdicts(study: Study, agg: Aggregate, baseline: str = "baseline") -> list[str]:
@@ -96,10 +125,15 @@ def verdicts(study: Study, agg: Aggregate, baseline: str = "baseline") -> list[s
             f_arm = mean_of(agg, task, arm, "f_attn")
             r_arm = mean_of(agg, task, arm, "f_attn_ratio_to_floor")
             if f_base and f_arm is not None and ratio is not None and ratio >= 1.3:
+                near = (
+                    ", below it"
+                    if r_arm < 0.77
+                    else (", within 1.3x of it" if r_arm <= 1.3 else "")
+                )
                 parts.append(
                     f"first-token mass {_ms(agg, task, arm, 'f_attn')} ({r_arm:.1f}x the floor"
-                    f"{', within 1.3x of it' if r_arm <= 1.3 else ''}) vs {fmt(f_base)}, "
-                    f"{f_base / max(f_arm, 1e-9):.1f}x lower{_sink_rates(agg, task, arm)}"
+                    f"{near}) vs {fmt(f_base)}, {_times_lower(f_base, f_arm)}"
+                    f"{_sink_rates(agg, task, arm)}"
                     if f_arm < f_base
                     else f"first-token mass {fmt(f_arm)} is not below the baseline's {fmt(f_base)}"
                 )
@@ -148,8 +182,132 @@ def verdicts(study: Study, agg: Aggregate, baseline: str = "baseline") -> list[s
                     f"gate-weighted BOS attention on non-trigger queries {fmt(eff)} vs the "
                     f"baseline's BOS attention {fmt(bo)}"
                 )
+            parts += _normalizer_parts(agg, task, arm, bo)
             lines.append(f"- {arm}: " + "; ".join(parts) + ".")
     return lines
+
+
+def _times_lower(base: float, value: float) -> str:
+    """``12.3x lower``; ``over 100x lower`` where the ratio is only a small number's noise."""
+    ratio = base / max(value, 1e-12)
+    return "over 100x lower" if ratio > 100 else f"{ratio:.1f}x lower"
+
+
+def _normalizer_parts(agg: Aggregate, task: str, arm: str, bos_base: float | None) -> list[str]:
+    """Verdict clauses for an arm with a non-softmax normaliser: where its dormant queries put
+    their weight (BOS, the null column) and how its first-token mass compares."""
+    parts: list[str] = []
+    row = mean_of(agg, task, arm, "row_mass")
+    if row is None:  # softmax
+        return parts
+    null = mean_of(agg, task, arm, "null_mass")
+    share = mean_of(agg, task, arm, "first_token_share")
+    if null is None:
+        parts.append(
+            f"rows are not normalised (mean weight on the real tokens {fmt(row)}), so its "
+            f"first-token mass is not on the softmax scale; token 0's share of each row "
+            f"{fmt(share)}"
+        )
+    else:
+        parts.append(
+            f"null attention {fmt(null)} (token 0's share of the real-token weight {fmt(share)})"
+        )
+    bo = mean_of(agg, task, arm, "bos_other")
+    null_o, null_t = mean_of(agg, task, arm, "null_other"), mean_of(agg, task, arm, "null_trigger")
+    if bo is not None and bos_base is not None:
+        clause = f"BOS weight on dormant queries {fmt(bo)} vs the baseline's {fmt(bos_base)}"
+        if null_o is not None and null_t is not None:
+            parks = null_o >= 0.5 and null_o > null_t and bo < 0.5 * bos_base
+            clause += (
+                f"; dormant rows give {fmt(null_o)} of their weight to null attention (trigger "
+                f"rows {fmt(null_t)})"
+                + (" — the dormant head parks there instead of on BOS" if parks else "")
+            )
+        row_o = mean_of(agg, task, arm, "row_mass_other")
+        if null_o is None and row_o is not None:
+            clause += f"; total weight of dormant rows on the real tokens {fmt(row_o)}"
+            if row_o < 0.05 and bo < 0.5 * bos_base:
+                clause += " — the dormant head attends to nothing and needs no sink"
+        parts.append(clause)
+    return parts
+
+
+def gate_pairs(study: Study) -> list[tuple[str, str, str]]:
+    """``(normaliser, ungated arm, gated arm)`` for every normaliser that runs both without a
+    gate and with one (the first of each, in declaration order)."""
+    ungated: dict[str, str] = {}
+    gated: dict[str, str] = {}
+    for arm in study.arms:
+        if arm.match or arm.grow:
+            continue
+        key = normalizer_label(arm)
+        (ungated if arm.gate == "none" else gated).setdefault(key, arm.name)
+    return [(k, ungated[k], gated[k]) for k in ungated if k in gated]
+
+
+GATE_PAIR_METRICS = (
+    ("val_loss", "val loss"),
+    ("f_attn", "F-Attn"),
+    ("sink_rate", "sink rate"),
+    ("bos_other", "BOS attn (dormant q)"),
+    ("null_other", "null (dormant q)"),
+    ("m_act", "M-Act"),
+)
+
+
+def _gate_pair_section(study: Study, agg: Aggregate, task: str) -> list[str]:
+    """Does the gate add anything on top of each normaliser: the same normaliser without and
+    with the gate, side by side, and the loss effect against the seed spread."""
+    pairs = [p for p in gate_pairs(study) if p[1] in agg.get(task, {}) and p[2] in agg[task]]
+    if not pairs:
+        return []
+    head = ["normaliser", "without -> with gate", *(h for _, h in GATE_PAIR_METRICS)]
+    head += ["gate-weighted BOS attn (dormant q)", "gate mean", "loss effect of the gate"]
+    rows = []
+    for norm, off, on in pairs:
+        cells = [norm, f"{off} -> {on}"]
+        for metric, _ in GATE_PAIR_METRICS:
+            a, b = mean_of(agg, task, off, metric), mean_of(agg, task, on, metric)
+            cells.append("-" if a is None and b is None else f"{fmt(a)} -> {fmt(b)}")
+        cells.append(fmt(mean_of(agg, task, on, "effective_bos_other")))
+        cells.append(fmt(mean_of(agg, task, on, "gate_mean")))
+        diff, real, how = effect(
+            values_of(agg, task, off, "val_loss"), values_of(agg, task, on, "val_loss")
+        )
+        if diff is None:
+            cells.append("-")
+        else:
+            call = "" if real is None else ("; real" if real else "; within seed noise")
+            cells.append(f"{diff:+.3f} nats ({how}{call})")
+        rows.append(cells)
+    return [
+        "### Does the gate add anything on top of each normaliser?",
+        "",
+        "The same normaliser without and with the G1 gate (first number: without). The gate-"
+        "weighted BOS attention is the BOS weight times the head's mean gate on dormant queries "
+        "(what reaches the output from BOS).",
+        "",
+        *table(head, rows),
+        "",
+    ]
+
+
+NORMALIZER_DEFINITIONS = (
+    "Non-softmax normalisers (docs/normalizers.md): every attention metric here is computed on "
+    "the weights the layer's own normaliser gives the real tokens, recomputed from the captured "
+    "post-RoPE queries and keys and the layer's learned parameters (the analysis sees exactly "
+    "the weights the forward pass used). F-Attn is the mean weight on token 0 (the sink, '+1' or "
+    "bias column is not a token, so its weight is not in F-Attn); null mass is the mean 1 - row "
+    "mass, the weight the sink / '+1' / bias column takes (softpick: the weight it withholds); "
+    "token-0 share is the mean w_0 / row mass, the F-Attn the same logits give with the null "
+    "column removed, over the rows with any weight (a softpick row that withholds everything "
+    "is left out; a switched-off sigmoid row keeps small positive weights and still "
+    "counts); sink logit is the mean learned s_h of the `sink` kind. Sigmoid rows are "
+    "not normalised (row mass may exceed 1), so their null mass is undefined (-), F-Attn and "
+    "the sink rate (alpha_1 > 0.3 on the raw weight) are not on the softmax scale, and token-0 "
+    "share is the comparable number. The causal floor is a uniform softmax head's."
+)
+"""What the normaliser metrics mean, printed under a zoo study's table."""
 
 
 def _ms(agg: Aggregate, task: str, arm: str, metric: str, digits: int = 3) -> str:
@@ -166,14 +324,19 @@ def _sink_rates(agg: Aggregate, task: str, arm: str) -> str:
 
 
 def _table(study: Study, agg: Aggregate, task: str) -> list[str]:
-    head = ["arm", "gate", *(c.header for c in COLUMNS), "paper gate / M-Act / F-Attn / PPL"]
+    zoo = has_normalizers(study)
+    columns = COLUMNS + NORMALIZER_COLUMNS if zoo else COLUMNS
+    kinds = ["normaliser"] if zoo else []
+    head = ["arm", "gate", *kinds, *(c.header for c in columns)]
+    head.append("paper gate / M-Act / F-Attn / PPL")
     rows = []
     for arm in study.arms:
+        first = [arm.name, arm.gate, *([normalizer_label(arm)] if zoo else [])]
         if arm.name not in agg.get(task, {}):
-            rows.append([arm.name, arm.gate, *["failed"] * len(COLUMNS), ""])
+            rows.append([*first, *["failed"] * len(columns), ""])
             continue
-        row = [arm.name, arm.gate]
-        for c in COLUMNS:
+        row = list(first)
+        for c in columns:
             e = stat(agg, task, arm.name, c.metric)
             row.append(fmt_ms(e.get("mean"), e.get("std")))
         p = TABLE4.get(arm.paper_key)
@@ -257,7 +420,7 @@ def _plots(records: list[RunRecord], out_dir: Path) -> dict[str, list[Path]]:
     return figs
 
 
-def _backcopy_table(records: list[RunRecord], task: str) -> list[str]:
+def _backcopy_table(records: list[RunRecord], task: str, zoo: bool = False) -> list[str]:
     head = [
         "arm",
         "layer",
@@ -267,15 +430,18 @@ def _backcopy_table(records: list[RunRecord], task: str) -> list[str]:
         "gate (other q)",
         "gate-weighted BOS attn (other q)",
     ]
+    keys = ("bos_attention_trigger", "bos_attention_other", "gate_trigger", "gate_other")
+    keys += ("effective_bos_other",)
+    if zoo:
+        head += ["row mass (trigger q)", "row mass (other q)", "null (trigger q)", "null (other q)"]
+        keys += ("row_mass_trigger", "row_mass_other", "null_trigger", "null_other")
     rows, seen = [], set()
     for rec in records:
         if rec.task != task or rec.status != "ok" or rec.arm in seen:
             continue
         seen.add(rec.arm)
         for x in rec.analysis.get("backcopy", {}).get("per_layer", []):
-            keys = ("bos_attention_trigger", "bos_attention_other", "gate_trigger", "gate_other")
-            cells = [fmt(x.get(k)) for k in (*keys, "effective_bos_other")]
-            rows.append([rec.arm, str(x["layer"]), *cells])
+            rows.append([rec.arm, str(x["layer"]), *(fmt(x.get(k)) for k in keys)])
     return table(head, rows) if rows else []
 
 
@@ -299,7 +465,9 @@ def write_report(
         "",
         f"Study `{study.name}` at scale `{scale}`: {len(study.arms_for(scale))} arms x "
         f"{len(study.tasks)} tasks x {len(seeds)} seed(s) ({', '.join(map(str, seeds))}). "
-        f"Wall time {meta['wall_time_s'] / 60:.1f} min. Measured numbers come from this run; the "
+        f"Wall time {meta['wall_time_s'] / 60:.1f} min; the runs took "
+        f"{sum(r.seconds for r in records) / 60:.1f} min of training and analysis in all (a "
+        "resumed invocation reuses finished runs). Measured numbers come from this run; the "
         "paper's numbers (Table 4, 15A2B MoE after 400B tokens) are printed beside them for "
         "reference, not as targets a model of this size could reach.",
         "",
@@ -326,7 +494,10 @@ def write_report(
             "± std over seeds; definitions in docs/sinks.md.",
             "",
         ]
-        bc = _backcopy_table(records, task)
+        if has_normalizers(study):
+            lines += [NORMALIZER_DEFINITIONS, ""]
+            lines += _gate_pair_section(study, agg, task)
+        bc = _backcopy_table(records, task, has_normalizers(study))
         if bc:
             lines += [
                 "Backcopy split (first seed): where the model must copy (trigger queries) "
