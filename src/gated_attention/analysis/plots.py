@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -307,21 +308,30 @@ def plot_loss_curves(
     """
     if not curves:
         raise ValueError("plot_loss_curves: no curves given")
-    fig = figure((7, 4))
+    many = len(curves) > 6  # a legend beside the axes, not over the curves
+    fig = figure((9, 4) if many else (7, 4))
     ax = fig.subplots()
-    for arm, pts in curves.items():
+    # More arms than the default 10-colour cycle: 20 colours, then dashed lines, so no two
+    # curves look alike.
+    tab20 = matplotlib.colormaps["tab20"].colors  # dark shades first, then the light ones
+    palette = [*tab20[::2], *tab20[1::2]] if len(curves) > 10 else None
+    for i, (arm, pts) in enumerate(curves.items()):
         arr = np.asarray(list(pts), dtype=float).reshape(-1, 2)
         steps, loss = arr[:, 0], arr[:, 1]
+        style = {} if palette is None else {"color": palette[i % 20], "ls": "-:"[i // 20 % 2]}
         if smooth > 1 and len(loss) >= smooth:
-            (line,) = ax.plot(steps, loss, alpha=0.25, lw=0.8)
+            (line,) = ax.plot(steps, loss, alpha=0.25, lw=0.8, **style)
             ax.plot(steps[smooth - 1 :], _smooth(loss, smooth), color=line.get_color(), label=arm)
         else:
-            ax.plot(steps, loss, label=arm)
+            ax.plot(steps, loss, label=arm, **style)
     if hline is not None:
         ax.axhline(hline[0], linestyle="--", color="gray", label=hline[1])
     if log_y:
         ax.set_yscale("log")
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    ax.legend()
+    if many:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    else:
+        ax.legend()
     ax.grid(alpha=0.3)
     return save_figure(fig, path)

@@ -86,6 +86,16 @@ def _has_study(out: Path) -> bool:
     return any(out.glob("**/record.json")) or any(out.glob("**/checkpoints"))
 
 
+def _portable(path: Path | str) -> str:
+    """The study file as the report records it: relative to the working directory when under
+    it (``configs/studies/sinks.toml``), else its file name, so a report names no machine path."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return path.name
+
+
 def _run(args: argparse.Namespace, study, scale: str, out: Path, writer, analyze) -> int:
     start = time.perf_counter()
     records = run_study(study, scale, out, args.resume, analyze, not args.no_progress)
@@ -93,7 +103,7 @@ def _run(args: argparse.Namespace, study, scale: str, out: Path, writer, analyze
 
     meta = {
         "study": study.name,
-        "study_file": str(study.source),
+        "study_file": _portable(study.source),
         "scale": scale,
         "scale_spec": study.scale(scale),
         "wall_time_s": time.perf_counter() - start,
