@@ -79,3 +79,23 @@ def test_all_plots_write_pngs(tmp_path: Path) -> None:
     assert out == tmp_path / "loss.png"
     assert_png(out)
     assert_png(plot_loss_curves(curves, tmp_path / "loss_log.png", log_y=True))
+
+
+def test_loss_curves_tell_many_arms_apart(tmp_path, monkeypatch):
+    """Past the default 10-colour cycle every curve still gets its own colour and line style."""
+    import gated_attention.analysis.plots as plots
+
+    seen = {}
+
+    def keep(fig, path):
+        seen["lines"] = [
+            (line.get_color(), line.get_linestyle())
+            for line in fig.axes[0].get_lines()
+            if line.get_label() in curves
+        ]
+        return Path(path)
+
+    monkeypatch.setattr(plots, "save_figure", keep)
+    curves = {f"arm{i}": [(s, 1.0 + i + s / 10) for s in range(4)] for i in range(25)}
+    plots.plot_loss_curves(curves, tmp_path / "many.png")
+    assert len(seen["lines"]) == 25 and len(set(seen["lines"])) == 25
