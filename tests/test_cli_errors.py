@@ -934,6 +934,7 @@ def test_stale_tmp_dirs_and_lock_of_dead_writer_are_taken_over(shared, tmp_path,
     assert (run / ".lock").read_text().strip() == str(os.getpid())
 
 
+@pytest.mark.slow
 def test_run_lock_is_reentrant_and_released(tmp_path) -> None:
     from gated_attention.train.lock import OutputError, RunLock
 

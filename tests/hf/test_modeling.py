@@ -319,6 +319,7 @@ def test_rope_buffer_is_rebuilt_when_loading(tmp_path):
     assert torch.equal(model.model.rotary.inv_freq, lm.rotary.inv_freq)
 
 
+@pytest.mark.slow
 def test_importing_the_core_package_does_not_import_transformers():
     code = "import sys, gated_attention; sys.exit('transformers' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

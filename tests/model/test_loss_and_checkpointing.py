@@ -160,6 +160,7 @@ def test_checkpointing_is_bit_exact_under_compile_in_float64(one_thread):
         assert all(torch.equal(state[k], ref_state[k]) for k in ref_state), mode
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", CHECKPOINTING)
 def test_training_forward_compiles_without_graph_breaks(mode):
     """The chunked loss (its chunk loop and custom backward) and each checkpointing mode trace
