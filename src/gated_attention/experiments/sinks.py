@@ -7,6 +7,7 @@ section pairing each normaliser with and without a gate, in the same report."""
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from gated_attention.analysis import (
     plot_loss_curves,
     plot_max_activation,
 )
-from gated_attention.experiments.metrics import Column
+from gated_attention.experiments.metrics import LENGTH_MULTIPLIERS, Column
 from gated_attention.experiments.paper import TABLE4
 from gated_attention.experiments.reporting import (
     finish_report,
@@ -56,6 +57,94 @@ NORMALIZER_COLUMNS = (
 )
 """Added to the summary table when an arm changes the attention normaliser."""
 
+EVAL_COLUMNS = (
+    Column("w8a8_delta", "int8 W8A8 Δloss"),
+    *(Column(f"ppl_{m}x", f"ppl {m}x len") for m in LENGTH_MULTIPLIERS),
+)
+"""Report-time evaluations (a scale's ``analysis`` settings): shown where a task measured them."""
+
+EVAL_SETTINGS = ("w8a8", "length_multipliers", "eval_tokens")
+
+
+def eval_settings(study: Study, scale: str) -> dict[str, Any]:
+    """The report-time evaluations a scale asks for: ``analysis = { w8a8 = true,
+    length_multipliers = [2, 4, 8], eval_tokens = 16384 }`` (all optional; nothing by
+    default). Perplexity beyond the training length runs on natural-text tasks only."""
+    raw = dict(study.scale(scale).get("analysis", {}))
+    unknown = sorted(set(raw) - set(EVAL_SETTINGS))
+    if unknown:
+        raise ValueError(
+            f"study {study.name!r} scale {scale!r}: unknown analysis keys {unknown}; the sinks "
+            f"report reads {', '.join(EVAL_SETTINGS)}."
+        )
+    mults = [int(m) for m in raw.get("length_multipliers", [])]
+    bad = [m for m in mults if m not in LENGTH_MULTIPLIERS]
+    if bad:
+        raise ValueError(
+            f"study {study.name!r} scale {scale!r}: analysis.length_multipliers {bad} not in "
+            f"{list(LENGTH_MULTIPLIERS)} (the lengths the report has columns for)."
+        )
+    return {
+        "w8a8": bool(raw.get("w8a8", False)),
+        "length_multipliers": mults,
+        "eval_tokens": raw.get("eval_tokens"),
+    }
+
+
+def evaluate_run(run_dir: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """W8A8 loss increase and perplexity at multiples of the training length for one finished
+    run, on its validation stream (``evals.streams.run_stream``), through the length study's
+    :func:`~gated_attention.evals.perplexity.perplexity_at_lengths` (RoPE unscaled).
+
+    Returns ``{"quantization"?: {"loss", "loss_w8a8", "delta"}, "lengths"?: {"train_len",
+    "tokens", "ppl": {multiplier: ppl}}}``; cached in ``run_dir/evaluations.json`` per settings.
+    """
+    from gated_attention.analysis.quantization import w8a8_copy
+    from gated_attention.evals.perplexity import perplexity_at_lengths
+    from gated_attention.evals.streams import read_run_config, run_stream
+    from gated_attention.train import load_model
+
+    cache = Path(run_dir) / "evaluations.json"
+    if cache.exists():
+        saved = json.loads(cache.read_text())
+        if saved.get("settings") == settings:
+            return saved["results"]
+    data = read_run_config(run_dir)["data"]
+    train_len = int(data["seq_len"])
+    natural = data.get("kind") != "backcopy"
+    mults = sorted({1, *settings["length_multipliers"]}) if natural else []
+    lengths = [m * train_len for m in mults] or [train_len]
+    tokens = int(settings.get("eval_tokens") or 16 * max(lengths))
+    model = load_model(run_dir).eval()
+    stream = run_stream(run_dir, num_tokens=tokens + 1)
+    out: dict[str, Any] = {}
+    ppl = perplexity_at_lengths(model, stream, lengths, max_tokens=tokens, per_position=False)
+    if settings["w8a8"]:
+        low = perplexity_at_lengths(
+            w8a8_copy(model), stream, [train_len], max_tokens=tokens, per_position=False
+        )
+        base, q = ppl[train_len]["loss"], low[train_len]["loss"]
+        out["quantization"] = {"loss": base, "loss_w8a8": q, "delta": q - base}
+    if mults:
+        out["lengths"] = {
+            "train_len": train_len,
+            "tokens": ppl[lengths[0]]["tokens"],
+            "ppl": {str(m): ppl[m * train_len]["ppl"] for m in mults},
+        }
+    cache.write_text(json.dumps({"settings": settings, "results": out}))
+    return out
+
+
+def evaluate_runs(study: Study, scale: str, records: list[RunRecord]) -> None:
+    """Add the scale's report-time evaluations (:func:`eval_settings`) to every finished run's
+    analysis, where :class:`~gated_attention.experiments.metrics.RunMetrics` reads them."""
+    settings = eval_settings(study, scale)
+    if not settings["w8a8"] and not settings["length_multipliers"]:
+        return
+    for rec in records:
+        if rec.status == "ok":
+            rec.analysis = {**(rec.analysis or {}), **evaluate_run(Path(rec.run_dir), settings)}
+
 
 def normalizer_label(arm: Arm) -> str:
     """The attention normaliser an arm sets (``softmax`` when it sets none), with the options it
@@ -74,8 +163,14 @@ def has_normalizers(study: Study) -> bool:
     return any(normalizer_label(a) != "softmax" for a in study.arms)
 
 
-def verdicts(study: Study, agg: Aggregate, baseline: str = "baseline") -> list[str]:
-    """Sentences written from the numbers, never hard-coded conclusions."""
+def verdicts(
+    study: Study,
+    agg: Aggregate,
+    baseline: str = "baseline",
+    scheduled: dict[str, set[str]] | None = None,
+) -> list[str]:
+    """Sentences written from the numbers, never hard-coded conclusions. ``scheduled``: the arms
+    each task ran (a scale may run a subset per task); others are left out, not called failed."""
     lines: list[str] = []
     gated = [a.name for a in study.arms if a.name != baseline]
     for task in agg:
@@ -118,6 +213,8 @@ def verdicts(study: Study, agg: Aggregate, baseline: str = "baseline") -> list[s
                 + (" — the dormant head parks on BOS (a sink)." if bo > 2 * bt else ".")
             )
         for arm in gated:
+            if scheduled is not None and arm not in scheduled.get(task, set()):
+                continue
             if arm not in agg[task]:
                 lines.append(f"- {arm}: did not finish (see the failures section).")
                 continue
@@ -323,14 +420,18 @@ def _sink_rates(agg: Aggregate, task: str, arm: str) -> str:
     return f", sink rate {fmt(rate, 2)}" + (f" ({fmt(short, 2)} on 64 tokens)" if short else "")
 
 
-def _table(study: Study, agg: Aggregate, task: str) -> list[str]:
+def _table(study: Study, agg: Aggregate, task: str, ran: set[str] | None = None) -> list[str]:
     zoo = has_normalizers(study)
     columns = COLUMNS + NORMALIZER_COLUMNS if zoo else COLUMNS
+    measured = {m for arm in agg.get(task, {}).values() for m, e in arm.items() if e.get("n")}
+    columns += tuple(c for c in EVAL_COLUMNS if c.metric in measured)
     kinds = ["normaliser"] if zoo else []
     head = ["arm", "gate", *kinds, *(c.header for c in columns)]
     head.append("paper gate / M-Act / F-Attn / PPL")
     rows = []
     for arm in study.arms:
+        if ran is not None and arm.name not in ran:
+            continue
         first = [arm.name, arm.gate, *([normalizer_label(arm)] if zoo else [])]
         if arm.name not in agg.get(task, {}):
             rows.append([*first, *["failed"] * len(columns), ""])
@@ -456,9 +557,13 @@ def write_report(
     study: Study, scale: str, records: list[RunRecord], out_dir: Path, meta: dict[str, Any]
 ) -> Path:
     """Write ``report.md``, ``results.json`` and ``plots/*.png`` under ``out_dir``."""
+    evaluate_runs(study, scale, records)
     agg = aggregate(records)
     figs = _plots(records, out_dir)
-    verdict_lines = verdicts(study, agg)
+    scheduled: dict[str, set[str]] = defaultdict(set)
+    for rec in records:
+        scheduled[rec.task].add(rec.arm)
+    verdict_lines = verdicts(study, agg, scheduled=scheduled)
     seeds = study.scale(scale).get("seeds", [0])
     lines = [
         f"# {study.title}",
@@ -481,7 +586,7 @@ def write_report(
         lines += [f"## Task `{task}`", ""]
         if cfg_task.get("description"):
             lines += [cfg_task["description"], ""]
-        lines += _table(study, agg, task)
+        lines += _table(study, agg, task, scheduled[task])
         lines += [
             "",
             "F-Attn: attention on the first token averaged over queries, heads and layers; floor: "
