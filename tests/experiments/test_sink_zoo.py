@@ -220,3 +220,25 @@ def test_zoo_smoke_report_has_every_arm_and_no_nan(zoo_dir):
     assert agg["sigmoid"]["null_mass"]["mean"] is None
     assert agg["sigmoid"]["row_mass"]["mean"] > 0
     assert (zoo_dir / "plots" / "backcopy_attention_maps.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_zoo_lr_sweep_runs_through_the_stability_report(tmp_path):
+    """The zoo's largest-stable-LR sweep (configs/studies/sink-zoo-lr.toml) is the stability
+    study's sweep and report on the zoo's lm task: eta_max per arm, the absurd LR diverged."""
+    study = load_study(ROOT / "configs" / "studies" / "sink-zoo-lr.toml")
+    assert study.report == "stability" and "quick" not in study.scales
+    zoo = load_study(ZOO)
+    assert study.tasks["lm"]["model"] == zoo.tasks["lm"]["model"]
+    assert study.tasks["lm"]["data"] == zoo.tasks["lm"]["data"]
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        args = ["reproduce", "--study", str(ROOT / "configs" / "studies" / "sink-zoo-lr.toml")]
+        assert main([*args, "--scale", "smoke", "--out", str(tmp_path), "--no-progress"]) == 0
+    finally:
+        torch.set_num_threads(before)
+    report = (tmp_path / "report.md").read_text()
+    for arm in ("baseline", "sink", "gated-elementwise"):
+        assert re.search(rf"\| {re.escape(arm)} \| 0\.003 \| [0-9.]+ \| 0\.003 \|", report), arm
+        assert re.search(rf"\| {re.escape(arm)} \| 1000 \| - \| - \| yes", report), arm
