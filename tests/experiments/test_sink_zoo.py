@@ -242,3 +242,26 @@ def test_zoo_lr_sweep_runs_through_the_stability_report(tmp_path):
     for arm in ("baseline", "sink", "gated-elementwise"):
         assert re.search(rf"\| {re.escape(arm)} \| 0\.003 \| [0-9.]+ \| 0\.003 \|", report), arm
         assert re.search(rf"\| {re.escape(arm)} \| 1000 \| - \| - \| yes", report), arm
+
+
+def test_loss_effect_is_paired_over_shared_seeds():
+    """Seed 2 moves both arms together: paired, the arm is 0.01 nats better on every seed (a
+    real effect); unpaired, the seed spread (0.5) hides it. One seed: no call."""
+    from gated_attention.experiments.sinks import loss_effect, seed_losses
+    from gated_attention.experiments.stats import aggregate
+    from gated_attention.experiments.study import RunRecord
+
+    base = {0: 3.0, 1: 3.1, 2: 4.0}
+    recs = [
+        RunRecord("t", arm, seed, "", "ok", analysis={"val_loss": v - (0.01 if arm == "x" else 0)})
+        for arm in ("baseline", "x")
+        for seed, v in base.items()
+    ]
+    agg = aggregate(recs)
+    diff, real, how = loss_effect(agg, "t", "baseline", "x", seed_losses(recs))
+    assert diff == pytest.approx(-0.01) and real is True and "paired" in how
+    diff, real, how = loss_effect(agg, "t", "baseline", "x")
+    assert diff == pytest.approx(-0.01) and real is False
+    one = [r for r in recs if r.seed == 0]
+    diff, real, how = loss_effect(aggregate(one), "t", "baseline", "x", seed_losses(one))
+    assert real is None and "single seed" in how

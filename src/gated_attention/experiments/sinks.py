@@ -31,7 +31,15 @@ from gated_attention.experiments.reporting import (
     probe_figures,
     table,
 )
-from gated_attention.experiments.stats import Aggregate, aggregate, effect, mean_of, stat, values_of
+from gated_attention.experiments.stats import (
+    Aggregate,
+    aggregate,
+    compare,
+    effect,
+    mean_of,
+    stat,
+    values_of,
+)
 from gated_attention.experiments.study import Arm, RunRecord, Study
 
 COLUMNS = (
@@ -168,6 +176,7 @@ def verdicts(
     agg: Aggregate,
     baseline: str = "baseline",
     scheduled: dict[str, set[str]] | None = None,
+    losses: SeedLosses | None = None,
 ) -> list[str]:
     """Sentences written from the numbers, never hard-coded conclusions. ``scheduled``: the arms
     each task ran (a scale may run a subset per task); others are left out, not called failed."""
@@ -248,9 +257,7 @@ def verdicts(
                 else:
                     change = f"{m_arm / m_base:.2f}x the baseline's: not smaller"
                 parts.append(f"{name} {fmt(m_arm)} vs {fmt(m_base)} ({change})")
-            diff, real, how = effect(
-                values_of(agg, task, baseline, "val_loss"), values_of(agg, task, arm, "val_loss")
-            )
+            diff, real, how = loss_effect(agg, task, baseline, arm, losses)
             if diff is not None:
                 word = "lower" if diff < 0 else "higher"
                 call = (
@@ -282,6 +289,33 @@ def verdicts(
             parts += _normalizer_parts(agg, task, arm, bo)
             lines.append(f"- {arm}: " + "; ".join(parts) + ".")
     return lines
+
+
+SeedLosses = dict[tuple[str, str], dict[int, float]]
+"""``{(task, arm): {seed: validation loss}}`` of the finished runs."""
+
+
+def seed_losses(records: list[RunRecord]) -> SeedLosses:
+    """The validation loss of every finished run by task, arm and seed."""
+    out: SeedLosses = defaultdict(dict)
+    for rec in records:
+        loss = (rec.analysis or {}).get("val_loss")
+        if rec.status == "ok" and loss is not None:
+            out[(rec.task, rec.arm)][rec.seed] = float(loss)
+    return out
+
+
+def loss_effect(
+    agg: Aggregate, task: str, ref: str, arm: str, losses: SeedLosses | None = None
+) -> tuple[float | None, bool | None, str]:
+    """Validation loss of ``arm`` minus ``ref``'s: paired over the seeds both ran when they
+    share two or more (:func:`~gated_attention.experiments.stats.compare`, as the variants
+    study), else against the seed spread (:func:`~gated_attention.experiments.stats.effect`)."""
+    if losses is not None:
+        a, b = losses.get((task, ref), {}), losses.get((task, arm), {})
+        if len(set(a) & set(b)) >= 2:
+            return compare(a, b)
+    return effect(values_of(agg, task, ref, "val_loss"), values_of(agg, task, arm, "val_loss"))
 
 
 def _times_lower(base: float, value: float) -> str:
@@ -349,10 +383,14 @@ GATE_PAIR_METRICS = (
     ("bos_other", "BOS attn (dormant q)"),
     ("null_other", "null (dormant q)"),
     ("m_act", "M-Act"),
+    ("w8a8_delta", "W8A8 Δloss"),
+    ("ppl_8x", "ppl 8x len"),
 )
 
 
-def _gate_pair_section(study: Study, agg: Aggregate, task: str) -> list[str]:
+def _gate_pair_section(
+    study: Study, agg: Aggregate, task: str, losses: SeedLosses | None = None
+) -> list[str]:
     """Does the gate add anything on top of each normaliser: the same normaliser without and
     with the gate, side by side, and the loss effect against the seed spread."""
     pairs = [p for p in gate_pairs(study) if p[1] in agg.get(task, {}) and p[2] in agg[task]]
@@ -368,9 +406,7 @@ def _gate_pair_section(study: Study, agg: Aggregate, task: str) -> list[str]:
             cells.append("-" if a is None and b is None else f"{fmt(a)} -> {fmt(b)}")
         cells.append(fmt(mean_of(agg, task, on, "effective_bos_other")))
         cells.append(fmt(mean_of(agg, task, on, "gate_mean")))
-        diff, real, how = effect(
-            values_of(agg, task, off, "val_loss"), values_of(agg, task, on, "val_loss")
-        )
+        diff, real, how = loss_effect(agg, task, off, on, losses)
         if diff is None:
             cells.append("-")
         else:
@@ -563,7 +599,8 @@ def write_report(
     scheduled: dict[str, set[str]] = defaultdict(set)
     for rec in records:
         scheduled[rec.task].add(rec.arm)
-    verdict_lines = verdicts(study, agg, scheduled=scheduled)
+    losses = seed_losses(records)
+    verdict_lines = verdicts(study, agg, scheduled=scheduled, losses=losses)
     seeds = study.scale(scale).get("seeds", [0])
     lines = [
         f"# {study.title}",
@@ -601,7 +638,7 @@ def write_report(
         ]
         if has_normalizers(study):
             lines += [NORMALIZER_DEFINITIONS, ""]
-            lines += _gate_pair_section(study, agg, task)
+            lines += _gate_pair_section(study, agg, task, losses)
         bc = _backcopy_table(records, task, has_normalizers(study))
         if bc:
             lines += [
