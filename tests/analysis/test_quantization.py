@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gated_attention import GatedLM, ModelConfig
+from gated_attention import GatedLM
 from gated_attention.analysis.quantization import fake_quant_int8, w8a8_copy
+from tests.conftest import small_cfg
 
 
 def _reference(x: torch.Tensor) -> torch.Tensor:
@@ -56,19 +57,9 @@ def test_w8a8_copy_quantises_weights_and_inputs_and_leaves_the_model():
 
 
 def _tiny_lm() -> GatedLM:
-    cfg = ModelConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=64,
-        initializer_range=0.3,  # wide: logits, hence the loss, depend on every layer
-    )
+    # initialised wide: the logits, hence the loss, depend on every layer
     torch.manual_seed(3)
-    return GatedLM(cfg).eval()
+    return GatedLM(small_cfg(vocab_size=64, initializer_range=0.3)).eval()
 
 
 def _spike(_module: nn.Module, args: tuple) -> tuple:
