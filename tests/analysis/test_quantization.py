@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 from gated_attention import GatedLM
-from gated_attention.analysis.quantization import fake_quant_int8, w8a8_copy
+from gated_attention.analysis.quantization import fake_quant_int8, linear_input_peaks, w8a8_copy
 from tests.conftest import small_cfg
 
 
@@ -94,3 +95,27 @@ def test_a_massive_activation_makes_w8a8_lose_more():
     d_spiky = _w8a8_loss_increase(spiky, ids, _own_predictions(spiky, ids))
     assert abs(d_calm) < 0.05
     assert d_spiky > d_calm + 0.1, (d_calm, d_spiky)
+
+
+def test_linear_input_peaks_find_the_spiked_input():
+    """max|x| / mean|x| per Linear input, against the ratio computed here from a captured input;
+    the spiked down_proj stands out, and the hooks are removed afterwards."""
+    torch.manual_seed(5)
+    ids = torch.randint(0, 64, (2, 21))
+    model = _tiny_lm()
+    model.layers[0].mlp.down_proj.register_forward_pre_hook(_spike)
+    seen = {}
+
+    def capture(_module: nn.Module, args: tuple) -> None:
+        seen["x"] = args[0].detach().double()
+
+    model.layers[1].self_attn.o_proj.register_forward_pre_hook(capture)
+    peaks = linear_input_peaks(model, ids)
+    x = seen["x"].abs()
+    assert peaks["layers.1.self_attn.o_proj"] == pytest.approx(float(x.max() / x.mean()), rel=1e-5)
+    assert max(peaks, key=peaks.get) == "layers.0.mlp.down_proj"
+    assert peaks["layers.0.mlp.down_proj"] > 10 * peaks["layers.1.self_attn.o_proj"]
+    assert len(peaks) == sum(isinstance(m, nn.Linear) for m in model.modules())
+    n_hooks = sum(len(m._forward_pre_hooks) for m in model.modules())
+    linear_input_peaks(model, ids)
+    assert sum(len(m._forward_pre_hooks) for m in model.modules()) == n_hooks

@@ -179,6 +179,7 @@ def test_zoo_smoke_report_has_every_arm_and_no_nan(zoo_dir):
             for cell in row.values():
                 assert not re.search(r"\b(nan|inf)\b", cell.lower()), row
             assert re.fullmatch(r"-?[0-9.]+", row["int8 W8A8 Δloss"]), row
+            assert re.fullmatch(r"[0-9.,]+", row["Linear input peak"]), row
     # perplexity beyond the training length: on natural text only, at the smoke scale's lengths
     assert "ppl 2x len" not in next(iter(backcopy.values()))
     for row in lm.values():

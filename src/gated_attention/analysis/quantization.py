@@ -50,3 +50,33 @@ def w8a8_copy(model: nn.Module) -> nn.Module:
             module.weight.copy_(fake_quant_int8(module.weight))
             module.register_forward_pre_hook(_quant_input)
     return q
+
+
+@torch.no_grad()
+def linear_input_peaks(model: nn.Module, input_ids: torch.Tensor) -> dict[str, float]:
+    """For every ``nn.Linear`` of ``model``, ``max|x| / mean|x|`` of its input on ``input_ids``
+    ``(B, T)``: how many int8 steps of a per-tensor scale the typical input value spans is
+    ``127 / peak`` (a peak above 127 rounds the typical value to 0 or one step). By module name."""
+    peaks: dict[str, float] = {}
+
+    def hook(name: str):
+        def record(_module: nn.Module, args: tuple[Any, ...]) -> None:
+            x = args[0].detach().float().abs()
+            peaks[name] = max(peaks.get(name, 0.0), float(x.max() / x.mean().clamp_min(1e-30)))
+
+        return record
+
+    handles = [
+        m.register_forward_pre_hook(hook(name))
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear)
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        model(input_ids)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return peaks

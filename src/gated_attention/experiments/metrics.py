@@ -31,7 +31,12 @@ gated arms): left out of aggregates where a run did not measure them."""
 LENGTH_MULTIPLIERS = (1, 2, 4, 8)
 """Evaluation lengths, as multiples of the training length, that have a ``ppl_<m>x`` field."""
 
-EVAL_METRICS = ("loss_fp", "w8a8_delta", *(f"ppl_{m}x" for m in LENGTH_MULTIPLIERS))
+EVAL_METRICS = (
+    "loss_fp",
+    "w8a8_delta",
+    "linear_input_peak",
+    *(f"ppl_{m}x" for m in LENGTH_MULTIPLIERS),
+)
 """Report-time evaluations a study's scale asks for (``analysis = { w8a8 = true,
 length_multipliers = [2, 4, 8] }``): left out of aggregates where a run did not measure them."""
 
@@ -108,6 +113,10 @@ class RunMetrics:
     w8a8_delta: float | None = None
     """Loss increase (nats) under int8 per-tensor fake quantisation of every Linear's weight and
     input (W8A8, ``analysis.quantization``)."""
+    linear_input_peak: float | None = None
+    """The largest ``max|x| / mean|x|`` over the inputs of the model's Linear layers
+    (``analysis.quantization.linear_input_peaks``): above 127, per-tensor int8 rounds a typical
+    input value to zero or one step."""
     ppl_1x: float | None = None
     """Perplexity at the training length on the evaluation stream (the length study's path,
     ``evals.perplexity_at_lengths``; RoPE unscaled)."""
@@ -144,6 +153,7 @@ class RunMetrics:
         return cls(
             loss_fp=quant.get("loss"),
             w8a8_delta=quant.get("delta"),
+            linear_input_peak=quant.get("linear_input_peak"),
             **evals,
             tokens=e.get("tokens"),
             probe_ratio=e.get("f_attn_ratio"),

@@ -67,6 +67,7 @@ NORMALIZER_COLUMNS = (
 
 EVAL_COLUMNS = (
     Column("w8a8_delta", "int8 W8A8 Δloss"),
+    Column("linear_input_peak", "Linear input peak"),
     *(Column(f"ppl_{m}x", f"ppl {m}x len") for m in LENGTH_MULTIPLIERS),
 )
 """Report-time evaluations (a scale's ``analysis`` settings): shown where a task measured them."""
@@ -99,23 +100,28 @@ def eval_settings(study: Study, scale: str) -> dict[str, Any]:
     }
 
 
+CACHE_FORMAT = 2
+"""Version of ``evaluations.json`` (a cache of another version is recomputed)."""
+
+
 def evaluate_run(run_dir: Path, settings: dict[str, Any]) -> dict[str, Any]:
     """W8A8 loss increase and perplexity at multiples of the training length for one finished
     run, on its validation stream (``evals.streams.run_stream``), through the length study's
     :func:`~gated_attention.evals.perplexity.perplexity_at_lengths` (RoPE unscaled).
 
-    Returns ``{"quantization"?: {"loss", "loss_w8a8", "delta"}, "lengths"?: {"train_len",
+    Returns ``{"quantization"?: {"loss", "loss_w8a8", "delta", "linear_input_peak",
+    "peak_module"}, "lengths"?: {"train_len",
     "tokens", "ppl": {multiplier: ppl}}}``; cached in ``run_dir/evaluations.json`` per settings.
     """
-    from gated_attention.analysis.quantization import w8a8_copy
+    from gated_attention.analysis.quantization import linear_input_peaks, w8a8_copy
     from gated_attention.evals.perplexity import perplexity_at_lengths
-    from gated_attention.evals.streams import read_run_config, run_stream
+    from gated_attention.evals.streams import read_run_config, run_stream, windows
     from gated_attention.train import load_model
 
     cache = Path(run_dir) / "evaluations.json"
     if cache.exists():
         saved = json.loads(cache.read_text())
-        if saved.get("settings") == settings:
+        if saved.get("settings") == settings and saved.get("format") == CACHE_FORMAT:
             return saved["results"]
     data = read_run_config(run_dir)["data"]
     train_len = int(data["seq_len"])
@@ -132,14 +138,23 @@ def evaluate_run(run_dir: Path, settings: dict[str, Any]) -> dict[str, Any]:
             w8a8_copy(model), stream, [train_len], max_tokens=tokens, per_position=False
         )
         base, q = ppl[train_len]["loss"], low[train_len]["loss"]
-        out["quantization"] = {"loss": base, "loss_w8a8": q, "delta": q - base}
+        inputs, _ = windows(stream, train_len, train_len * (tokens // train_len))
+        peaks = linear_input_peaks(model, inputs[:16])
+        worst = max(peaks, key=peaks.get)
+        out["quantization"] = {
+            "loss": base,
+            "loss_w8a8": q,
+            "delta": q - base,
+            "linear_input_peak": peaks[worst],
+            "peak_module": worst,
+        }
     if mults:
         out["lengths"] = {
             "train_len": train_len,
             "tokens": ppl[lengths[0]]["tokens"],
             "ppl": {str(m): ppl[m * train_len]["ppl"] for m in mults},
         }
-    cache.write_text(json.dumps({"settings": settings, "results": out}))
+    cache.write_text(json.dumps({"settings": settings, "format": CACHE_FORMAT, "results": out}))
     return out
 
 
@@ -384,6 +399,7 @@ GATE_PAIR_METRICS = (
     ("null_other", "null (dormant q)"),
     ("m_act", "M-Act"),
     ("w8a8_delta", "W8A8 Δloss"),
+    ("linear_input_peak", "Linear input peak"),
     ("ppl_8x", "ppl 8x len"),
 )
 
