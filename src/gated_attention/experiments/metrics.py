@@ -28,6 +28,18 @@ BACKCOPY_METRICS = (
 """Metrics of the backcopy split, measured only on backcopy tasks (and the gate ones only for
 gated arms): left out of aggregates where a run did not measure them."""
 
+LENGTH_MULTIPLIERS = (1, 2, 4, 8)
+"""Evaluation lengths, as multiples of the training length, that have a ``ppl_<m>x`` field."""
+
+EVAL_METRICS = (
+    "loss_fp",
+    "w8a8_delta",
+    "linear_input_peak",
+    *(f"ppl_{m}x" for m in LENGTH_MULTIPLIERS),
+)
+"""Report-time evaluations a study's scale asks for (``analysis = { w8a8 = true,
+length_multipliers = [2, 4, 8] }``): left out of aggregates where a run did not measure them."""
+
 
 @dataclass(frozen=True)
 class RunMetrics:
@@ -95,6 +107,23 @@ class RunMetrics:
     tokens_to_2x: float | None = None
     """Tokens at which the probe ratio reached 2 (or a linear extrapolation to it)."""
 
+    loss_fp: float | None = None
+    """Mean next-token loss on the evaluation stream at the training length, in float (the
+    reference of ``w8a8_delta``)."""
+    w8a8_delta: float | None = None
+    """Loss increase (nats) under int8 per-tensor fake quantisation of every Linear's weight and
+    input (W8A8, ``analysis.quantization``)."""
+    linear_input_peak: float | None = None
+    """The largest ``max|x| / mean|x|`` over the inputs of the model's Linear layers
+    (``analysis.quantization.linear_input_peaks``): above 127, per-tensor int8 rounds a typical
+    input value to zero or one step."""
+    ppl_1x: float | None = None
+    """Perplexity at the training length on the evaluation stream (the length study's path,
+    ``evals.perplexity_at_lengths``; RoPE unscaled)."""
+    ppl_2x: float | None = None
+    ppl_4x: float | None = None
+    ppl_8x: float | None = None
+
     @classmethod
     def from_record(cls, rec: RunRecord) -> RunMetrics:
         """The metrics of a run from its training result and its analysis."""
@@ -118,7 +147,14 @@ class RunMetrics:
                 split["null_other"] = max(x["null_other"] for x in layers)
                 split["null_trigger"] = max(x["null_trigger"] or 0 for x in layers)
         e = a.get("emergence") or {}
+        quant = a.get("quantization") or {}
+        ppl = (a.get("lengths") or {}).get("ppl") or {}
+        evals = {f"ppl_{m}x": ppl.get(str(m)) for m in LENGTH_MULTIPLIERS}
         return cls(
+            loss_fp=quant.get("loss"),
+            w8a8_delta=quant.get("delta"),
+            linear_input_peak=quant.get("linear_input_peak"),
+            **evals,
             tokens=e.get("tokens"),
             probe_ratio=e.get("f_attn_ratio"),
             ratio_max_layer=e.get("ratio_max_layer"),
@@ -154,11 +190,12 @@ class RunMetrics:
         )
 
     def measured(self) -> dict[str, float | None]:
-        """Every field by name, without the backcopy-split ones this run did not measure."""
+        """Every field by name, without the backcopy-split and report-time evaluation ones
+        this run did not measure."""
         return {
             k: v
             for k, v in dataclasses.asdict(self).items()
-            if v is not None or k not in BACKCOPY_METRICS
+            if v is not None or k not in BACKCOPY_METRICS + EVAL_METRICS
         }
 
 

@@ -7,6 +7,7 @@ section pairing each normaliser with and without a gate, in the same report."""
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from gated_attention.analysis import (
     plot_loss_curves,
     plot_max_activation,
 )
-from gated_attention.experiments.metrics import Column
+from gated_attention.experiments.metrics import LENGTH_MULTIPLIERS, Column
 from gated_attention.experiments.paper import TABLE4
 from gated_attention.experiments.reporting import (
     finish_report,
@@ -30,7 +31,15 @@ from gated_attention.experiments.reporting import (
     probe_figures,
     table,
 )
-from gated_attention.experiments.stats import Aggregate, aggregate, effect, mean_of, stat, values_of
+from gated_attention.experiments.stats import (
+    Aggregate,
+    aggregate,
+    compare,
+    effect,
+    mean_of,
+    stat,
+    values_of,
+)
 from gated_attention.experiments.study import Arm, RunRecord, Study
 
 COLUMNS = (
@@ -56,6 +65,109 @@ NORMALIZER_COLUMNS = (
 )
 """Added to the summary table when an arm changes the attention normaliser."""
 
+EVAL_COLUMNS = (
+    Column("w8a8_delta", "int8 W8A8 Δloss"),
+    Column("linear_input_peak", "Linear input peak"),
+    *(Column(f"ppl_{m}x", f"ppl {m}x len") for m in LENGTH_MULTIPLIERS),
+)
+"""Report-time evaluations (a scale's ``analysis`` settings): shown where a task measured them."""
+
+EVAL_SETTINGS = ("w8a8", "length_multipliers", "eval_tokens")
+
+
+def eval_settings(study: Study, scale: str) -> dict[str, Any]:
+    """The report-time evaluations a scale asks for: ``analysis = { w8a8 = true,
+    length_multipliers = [2, 4, 8], eval_tokens = 16384 }`` (all optional; nothing by
+    default). Perplexity beyond the training length runs on natural-text tasks only."""
+    raw = dict(study.scale(scale).get("analysis", {}))
+    unknown = sorted(set(raw) - set(EVAL_SETTINGS))
+    if unknown:
+        raise ValueError(
+            f"study {study.name!r} scale {scale!r}: unknown analysis keys {unknown}; the sinks "
+            f"report reads {', '.join(EVAL_SETTINGS)}."
+        )
+    mults = [int(m) for m in raw.get("length_multipliers", [])]
+    bad = [m for m in mults if m not in LENGTH_MULTIPLIERS]
+    if bad:
+        raise ValueError(
+            f"study {study.name!r} scale {scale!r}: analysis.length_multipliers {bad} not in "
+            f"{list(LENGTH_MULTIPLIERS)} (the lengths the report has columns for)."
+        )
+    return {
+        "w8a8": bool(raw.get("w8a8", False)),
+        "length_multipliers": mults,
+        "eval_tokens": raw.get("eval_tokens"),
+    }
+
+
+CACHE_FORMAT = 2
+"""Version of ``evaluations.json`` (a cache of another version is recomputed)."""
+
+
+def evaluate_run(run_dir: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """W8A8 loss increase and perplexity at multiples of the training length for one finished
+    run, on its validation stream (``evals.streams.run_stream``), through the length study's
+    :func:`~gated_attention.evals.perplexity.perplexity_at_lengths` (RoPE unscaled).
+
+    Returns ``{"quantization"?: {"loss", "loss_w8a8", "delta", "linear_input_peak",
+    "peak_module"}, "lengths"?: {"train_len",
+    "tokens", "ppl": {multiplier: ppl}}}``; cached in ``run_dir/evaluations.json`` per settings.
+    """
+    from gated_attention.analysis.quantization import linear_input_peaks, w8a8_copy
+    from gated_attention.evals.perplexity import perplexity_at_lengths
+    from gated_attention.evals.streams import read_run_config, run_stream, windows
+    from gated_attention.train import load_model
+
+    cache = Path(run_dir) / "evaluations.json"
+    if cache.exists():
+        saved = json.loads(cache.read_text())
+        if saved.get("settings") == settings and saved.get("format") == CACHE_FORMAT:
+            return saved["results"]
+    data = read_run_config(run_dir)["data"]
+    train_len = int(data["seq_len"])
+    natural = data.get("kind") != "backcopy"
+    mults = sorted({1, *settings["length_multipliers"]}) if natural else []
+    lengths = [m * train_len for m in mults] or [train_len]
+    tokens = int(settings.get("eval_tokens") or 16 * max(lengths))
+    model = load_model(run_dir).eval()
+    stream = run_stream(run_dir, num_tokens=tokens + 1)
+    out: dict[str, Any] = {}
+    ppl = perplexity_at_lengths(model, stream, lengths, max_tokens=tokens, per_position=False)
+    if settings["w8a8"]:
+        low = perplexity_at_lengths(
+            w8a8_copy(model), stream, [train_len], max_tokens=tokens, per_position=False
+        )
+        base, q = ppl[train_len]["loss"], low[train_len]["loss"]
+        inputs, _ = windows(stream, train_len, train_len * (tokens // train_len))
+        peaks = linear_input_peaks(model, inputs[:16])
+        worst = max(peaks, key=peaks.get)
+        out["quantization"] = {
+            "loss": base,
+            "loss_w8a8": q,
+            "delta": q - base,
+            "linear_input_peak": peaks[worst],
+            "peak_module": worst,
+        }
+    if mults:
+        out["lengths"] = {
+            "train_len": train_len,
+            "tokens": ppl[lengths[0]]["tokens"],
+            "ppl": {str(m): ppl[m * train_len]["ppl"] for m in mults},
+        }
+    cache.write_text(json.dumps({"settings": settings, "format": CACHE_FORMAT, "results": out}))
+    return out
+
+
+def evaluate_runs(study: Study, scale: str, records: list[RunRecord]) -> None:
+    """Add the scale's report-time evaluations (:func:`eval_settings`) to every finished run's
+    analysis, where :class:`~gated_attention.experiments.metrics.RunMetrics` reads them."""
+    settings = eval_settings(study, scale)
+    if not settings["w8a8"] and not settings["length_multipliers"]:
+        return
+    for rec in records:
+        if rec.status == "ok":
+            rec.analysis = {**(rec.analysis or {}), **evaluate_run(Path(rec.run_dir), settings)}
+
 
 def normalizer_label(arm: Arm) -> str:
     """The attention normaliser an arm sets (``softmax`` when it sets none), with the options it
@@ -74,8 +186,15 @@ def has_normalizers(study: Study) -> bool:
     return any(normalizer_label(a) != "softmax" for a in study.arms)
 
 
-def verdicts(study: Study, agg: Aggregate, baseline: str = "baseline") -> list[str]:
-    """Sentences written from the numbers, never hard-coded conclusions."""
+def verdicts(
+    study: Study,
+    agg: Aggregate,
+    baseline: str = "baseline",
+    scheduled: dict[str, set[str]] | None = None,
+    losses: SeedLosses | None = None,
+) -> list[str]:
+    """Sentences written from the numbers, never hard-coded conclusions. ``scheduled``: the arms
+    each task ran (a scale may run a subset per task); others are left out, not called failed."""
     lines: list[str] = []
     gated = [a.name for a in study.arms if a.name != baseline]
     for task in agg:
@@ -118,6 +237,8 @@ def verdicts(study: Study, agg: Aggregate, baseline: str = "baseline") -> list[s
                 + (" — the dormant head parks on BOS (a sink)." if bo > 2 * bt else ".")
             )
         for arm in gated:
+            if scheduled is not None and arm not in scheduled.get(task, set()):
+                continue
             if arm not in agg[task]:
                 lines.append(f"- {arm}: did not finish (see the failures section).")
                 continue
@@ -151,9 +272,7 @@ def verdicts(study: Study, agg: Aggregate, baseline: str = "baseline") -> list[s
                 else:
                     change = f"{m_arm / m_base:.2f}x the baseline's: not smaller"
                 parts.append(f"{name} {fmt(m_arm)} vs {fmt(m_base)} ({change})")
-            diff, real, how = effect(
-                values_of(agg, task, baseline, "val_loss"), values_of(agg, task, arm, "val_loss")
-            )
+            diff, real, how = loss_effect(agg, task, baseline, arm, losses)
             if diff is not None:
                 word = "lower" if diff < 0 else "higher"
                 call = (
@@ -185,6 +304,33 @@ def verdicts(study: Study, agg: Aggregate, baseline: str = "baseline") -> list[s
             parts += _normalizer_parts(agg, task, arm, bo)
             lines.append(f"- {arm}: " + "; ".join(parts) + ".")
     return lines
+
+
+SeedLosses = dict[tuple[str, str], dict[int, float]]
+"""``{(task, arm): {seed: validation loss}}`` of the finished runs."""
+
+
+def seed_losses(records: list[RunRecord]) -> SeedLosses:
+    """The validation loss of every finished run by task, arm and seed."""
+    out: SeedLosses = defaultdict(dict)
+    for rec in records:
+        loss = (rec.analysis or {}).get("val_loss")
+        if rec.status == "ok" and loss is not None:
+            out[(rec.task, rec.arm)][rec.seed] = float(loss)
+    return out
+
+
+def loss_effect(
+    agg: Aggregate, task: str, ref: str, arm: str, losses: SeedLosses | None = None
+) -> tuple[float | None, bool | None, str]:
+    """Validation loss of ``arm`` minus ``ref``'s: paired over the seeds both ran when they
+    share two or more (:func:`~gated_attention.experiments.stats.compare`, as the variants
+    study), else against the seed spread (:func:`~gated_attention.experiments.stats.effect`)."""
+    if losses is not None:
+        a, b = losses.get((task, ref), {}), losses.get((task, arm), {})
+        if len(set(a) & set(b)) >= 2:
+            return compare(a, b)
+    return effect(values_of(agg, task, ref, "val_loss"), values_of(agg, task, arm, "val_loss"))
 
 
 def _times_lower(base: float, value: float) -> str:
@@ -252,10 +398,15 @@ GATE_PAIR_METRICS = (
     ("bos_other", "BOS attn (dormant q)"),
     ("null_other", "null (dormant q)"),
     ("m_act", "M-Act"),
+    ("w8a8_delta", "W8A8 Δloss"),
+    ("linear_input_peak", "Linear input peak"),
+    ("ppl_8x", "ppl 8x len"),
 )
 
 
-def _gate_pair_section(study: Study, agg: Aggregate, task: str) -> list[str]:
+def _gate_pair_section(
+    study: Study, agg: Aggregate, task: str, losses: SeedLosses | None = None
+) -> list[str]:
     """Does the gate add anything on top of each normaliser: the same normaliser without and
     with the gate, side by side, and the loss effect against the seed spread."""
     pairs = [p for p in gate_pairs(study) if p[1] in agg.get(task, {}) and p[2] in agg[task]]
@@ -271,9 +422,7 @@ def _gate_pair_section(study: Study, agg: Aggregate, task: str) -> list[str]:
             cells.append("-" if a is None and b is None else f"{fmt(a)} -> {fmt(b)}")
         cells.append(fmt(mean_of(agg, task, on, "effective_bos_other")))
         cells.append(fmt(mean_of(agg, task, on, "gate_mean")))
-        diff, real, how = effect(
-            values_of(agg, task, off, "val_loss"), values_of(agg, task, on, "val_loss")
-        )
+        diff, real, how = loss_effect(agg, task, off, on, losses)
         if diff is None:
             cells.append("-")
         else:
@@ -323,14 +472,18 @@ def _sink_rates(agg: Aggregate, task: str, arm: str) -> str:
     return f", sink rate {fmt(rate, 2)}" + (f" ({fmt(short, 2)} on 64 tokens)" if short else "")
 
 
-def _table(study: Study, agg: Aggregate, task: str) -> list[str]:
+def _table(study: Study, agg: Aggregate, task: str, ran: set[str] | None = None) -> list[str]:
     zoo = has_normalizers(study)
     columns = COLUMNS + NORMALIZER_COLUMNS if zoo else COLUMNS
+    measured = {m for arm in agg.get(task, {}).values() for m, e in arm.items() if e.get("n")}
+    columns += tuple(c for c in EVAL_COLUMNS if c.metric in measured)
     kinds = ["normaliser"] if zoo else []
     head = ["arm", "gate", *kinds, *(c.header for c in columns)]
     head.append("paper gate / M-Act / F-Attn / PPL")
     rows = []
     for arm in study.arms:
+        if ran is not None and arm.name not in ran:
+            continue
         first = [arm.name, arm.gate, *([normalizer_label(arm)] if zoo else [])]
         if arm.name not in agg.get(task, {}):
             rows.append([*first, *["failed"] * len(columns), ""])
@@ -456,9 +609,14 @@ def write_report(
     study: Study, scale: str, records: list[RunRecord], out_dir: Path, meta: dict[str, Any]
 ) -> Path:
     """Write ``report.md``, ``results.json`` and ``plots/*.png`` under ``out_dir``."""
+    evaluate_runs(study, scale, records)
     agg = aggregate(records)
     figs = _plots(records, out_dir)
-    verdict_lines = verdicts(study, agg)
+    scheduled: dict[str, set[str]] = defaultdict(set)
+    for rec in records:
+        scheduled[rec.task].add(rec.arm)
+    losses = seed_losses(records)
+    verdict_lines = verdicts(study, agg, scheduled=scheduled, losses=losses)
     seeds = study.scale(scale).get("seeds", [0])
     lines = [
         f"# {study.title}",
@@ -481,7 +639,7 @@ def write_report(
         lines += [f"## Task `{task}`", ""]
         if cfg_task.get("description"):
             lines += [cfg_task["description"], ""]
-        lines += _table(study, agg, task)
+        lines += _table(study, agg, task, scheduled[task])
         lines += [
             "",
             "F-Attn: attention on the first token averaged over queries, heads and layers; floor: "
@@ -496,7 +654,7 @@ def write_report(
         ]
         if has_normalizers(study):
             lines += [NORMALIZER_DEFINITIONS, ""]
-            lines += _gate_pair_section(study, agg, task)
+            lines += _gate_pair_section(study, agg, task, losses)
         bc = _backcopy_table(records, task, has_normalizers(study))
         if bc:
             lines += [
