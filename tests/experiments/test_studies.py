@@ -350,3 +350,25 @@ def test_metric_names_are_checked():
         Column("val_los", "val loss")
     with pytest.raises(ValueError, match="unknown metric 'f_atn'"):
         mean_of({}, "lm", "baseline", "f_atn")
+
+
+def test_study_files_ship_in_the_package():
+    """`reproduce --study NAME` finds every study from an installed wheel: the files live in the
+    package, pyproject's package data names them, and configs/studies of a checkout links there."""
+    import fnmatch
+
+    import gated_attention
+    from gated_attention.experiments.study import find_study, studies_dir, tomllib
+
+    package = Path(gated_attention.__file__).resolve().parent
+    assert studies_dir().is_relative_to(package)
+    shipped = sorted(p.relative_to(package).as_posix() for p in studies_dir().glob("*.toml"))
+    assert {"experiments/studies/sinks.toml", "experiments/studies/sink-zoo.toml"} <= set(shipped)
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["gated_attention"]
+    for rel in shipped:
+        assert any(fnmatch.fnmatch(rel, pat) for pat in patterns), rel
+        name = Path(rel).stem
+        assert find_study(name).resolve() == (package / rel).resolve()
+    assert (ROOT / "configs" / "studies").resolve() == studies_dir()

@@ -509,13 +509,9 @@ def run_study(
 
 
 def studies_dir() -> Path:
-    """``configs/studies`` of a source checkout, else the copy shipped in the package."""
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        candidate = parent / "configs" / "studies"
-        if candidate.is_dir():
-            return candidate
-    return here.parent / "studies"
+    """The study files shipped in the package (``configs/studies`` of a source checkout links
+    here), so ``reproduce --study NAME`` works from a wheel as from a checkout."""
+    return Path(__file__).resolve().parent / "studies"
 
 
 def find_study(name_or_path: str) -> Path:
