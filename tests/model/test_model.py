@@ -7,8 +7,17 @@ import torch.nn.functional as F
 from gated_attention import GatedLM, KVCache, ModelConfig, MoEConfig, count_parameters, lm_loss
 from tests.conftest import small_cfg
 
-VARIANTS = ["none", "sdpa-elementwise", "sdpa-headwise", "value-elementwise", "key-elementwise",
-            "query-elementwise", "dense-elementwise", "sdpa-input-independent", "sdpa-rmsnorm"]
+VARIANTS = [
+    "none",
+    "sdpa-elementwise",
+    "sdpa-headwise",
+    "value-elementwise",
+    "key-elementwise",
+    "query-elementwise",
+    "dense-elementwise",
+    "sdpa-input-independent",
+    "sdpa-rmsnorm",
+]
 
 
 def _model(**overrides) -> GatedLM:
@@ -114,8 +123,10 @@ def test_bf16_forward_and_backward():
 
 # ---------------------------------------------------------------------- MoE
 def _moe_model(**moe) -> GatedLM:
-    cfg = small_cfg(gate="sdpa-elementwise", moe=MoEConfig(num_experts=6, top_k=2,
-                    expert_intermediate_size=16, **moe))
+    cfg = small_cfg(
+        gate="sdpa-elementwise",
+        moe=MoEConfig(num_experts=6, top_k=2, expert_intermediate_size=16, **moe),
+    )
     return _model(**{k: getattr(cfg, k) for k in ("gate", "moe")})
 
 
@@ -128,7 +139,9 @@ def test_moe_routes_each_token_to_exactly_top_k_experts():
     assert all(len(set(row.tolist())) == 2 for row in routing.experts)
     torch.testing.assert_close(routing.weights.sum(-1), torch.ones(30))
     # top-k are the largest router probabilities
-    assert torch.equal(routing.experts.sort(-1).values, routing.probs.topk(2).indices.sort(-1).values)
+    assert torch.equal(
+        routing.experts.sort(-1).values, routing.probs.topk(2).indices.sort(-1).values
+    )
 
 
 @pytest.mark.parametrize("shared", [0, 12])
@@ -169,7 +182,9 @@ def test_moe_incremental_decoding():
     full = model(ids).logits
     cache = KVCache()
     parts = [model(ids[:, :3], past_key_values=cache, use_cache=True).logits]
-    parts += [model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits for t in range(3, 8)]
+    parts += [
+        model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits for t in range(3, 8)
+    ]
     torch.testing.assert_close(torch.cat(parts, 1), full, rtol=1e-5, atol=1e-5)
 
 

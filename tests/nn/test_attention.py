@@ -47,7 +47,9 @@ CASES = [(name, {}) for name in GateConfig.names()] + [
 ]
 
 
-@pytest.mark.parametrize("name, overrides", CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)])
+@pytest.mark.parametrize(
+    "name, overrides", CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)]
+)
 def test_attention_matches_float64_reference(name, overrides):
     overrides = dict(overrides)
     gate = overrides.pop("gate", name if name in GateConfig.names() else None)
@@ -58,7 +60,10 @@ def test_attention_matches_float64_reference(name, overrides):
     cos, sin = _rope_tables(cfg, 2, T, torch.float64)
     out = module(x, cos, sin)
 
-    weights = {k: (v.clone().requires_grad_() if v is not None else None) for k, v in attention_layer_weights(module).items()}
+    weights = {
+        k: (v.clone().requires_grad_() if v is not None else None)
+        for k, v in attention_layer_weights(module).items()
+    }
     x_ref = x.detach().clone().requires_grad_()
     ref = reference_attention_layer(x_ref, weights, cfg)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
