@@ -120,6 +120,8 @@ def test_torchrun_matches_single_process(write_config, tmp_path, strategy):
             "--resume",
             "--set",
             "train.steps=14",
+            "--allow-changed",
+            "train.steps",
         ],
         capture_output=True,
         text=True,
@@ -178,19 +180,16 @@ def test_bad_input_gives_one_line_errors(write_config, tmp_path):
         "error",
     )
     run_cli("train", "--config", str(cfg))
-    # an incompatible config cannot resume this run
+    # a changed config is refused, naming the keys; even when the change is allowed, an
+    # incompatible model cannot load this run's checkpoint
+    changed = ["--resume", "--set", 'model.gate="none"', "--set", "train.steps=12"]
     _one_line_error(
-        run_cli(
-            "train",
-            "--config",
-            str(cfg),
-            "--resume",
-            "--set",
-            'model.gate="none"',
-            "--set",
-            "train.steps=12",
-            check=False,
-        ),
+        run_cli("train", "--config", str(cfg), *changed, check=False),
+        "model.gate: 'sdpa-elementwise' -> 'none'",
+    )
+    allowed = ["--allow-changed", "model.gate", "--allow-changed", "train.steps"]
+    _one_line_error(
+        run_cli("train", "--config", str(cfg), *changed, *allowed, check=False),
         "different model",
     )
     # not resuming over existing checkpoints by accident
@@ -276,7 +275,7 @@ def test_user_callbacks_add_metrics_and_resume_their_state(write_config):
         (list_checkpoints(out / "checkpoints")[-1] / "trainer_state.json").read_text()
     )
     assert list(state)[2:5] == ["rng", "spikes", "counter"] and state["counter"] == {"count": 5}
-    train(cfg, resume=True, callbacks=[second := _Counter()])
+    train(cfg, resume=True, callbacks=[second := _Counter()], allow_changed=("train.steps",))
     assert [r["count"] for r in read_metrics(out / "metrics.jsonl")] == list(range(1, 11))
     assert second.count == 10
     with pytest.raises(ValueError, match="state_key"):

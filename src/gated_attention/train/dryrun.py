@@ -144,7 +144,8 @@ def dry_run(
         with _process_group_env(small.distributed.strategy):
             train(half)
         with _process_group_env(small.distributed.strategy):
-            result = train(small, resume=True)
+            # the second half extends the first on purpose: train.steps is the one change
+            result = train(small, resume=True, allow_changed=("train.steps",))
         losses = [r["loss"] for r in read_metrics(Path(out_dir) / "metrics.jsonl")]
         evals = read_metrics(Path(out_dir) / "metrics.jsonl", "eval")
         tc = small.train
