@@ -17,6 +17,7 @@ from typing import Any
 
 from gated_attention.experiments.analyze_run import run_history
 from gated_attention.experiments.metrics import Column
+from gated_attention.experiments.paper import TABLE4
 from gated_attention.experiments.reporting import (
     finish_report,
     fmt,
@@ -169,6 +170,13 @@ def _gate_verdicts(study: Study, scale: str, agg: Aggregate, task: str, ref: str
         f = mean_of(agg, task, arm.name, "f_attn")
         gated = mean_of(agg, task, arm.name, "f_attn_gated")
         state = "no sink" if r < 1.3 else ("a weak sink" if r < 2 else "a sink")
+        paper = TABLE4.get(arm.paper_row or arm.gate, {}).get("f_attn")
+        paper_text = (
+            f"; paper (Table 4): F-Attn {TABLE4['none']['f_attn']} without a gate, {paper} "
+            f"with this one"
+            if paper is not None
+            else ""
+        )
         passes = (
             f"; weighted by its gate scores (mean {fmt(mean_of(agg, task, arm.name, 'gate_mean'))})"
             f" the first token passes on {fmt(gated)} of the attention (F-Attn {fmt(f)}; "
@@ -179,8 +187,7 @@ def _gate_verdicts(study: Study, scale: str, agg: Aggregate, task: str, ref: str
         lines.append(
             f"- gate `{arm.name}`: {state}, {r:.2f}x the floor (largest layer "
             f"{fmt(mean_of(agg, task, arm.name, 'ratio_max_layer'), 2)}x, sink rate "
-            f"{fmt(mean_of(agg, task, arm.name, 'sink_rate'), 2)}; paper at 1.7B: "
-            f"F-Attn 0.467 without a gate, 0.048 with the elementwise G1 gate){passes}."
+            f"{fmt(mean_of(agg, task, arm.name, 'sink_rate'), 2)}{paper_text}){passes}."
         )
     return lines
 
